@@ -1,0 +1,115 @@
+"""The official MCP conformance suite, in server mode, against each target for both protocol eras.
+
+A target is an MCP endpoint the suite connects to. Today there is one: `servers/conformance.py`, the fixture
+server implementing every tool, resource and prompt the suite asks for, served alone. The portal's endpoints
+in front of it join by adding entries to `TARGETS`; everything else (serving, both eras, the expected-failures
+bookkeeping) applies to them unchanged.
+
+Needs Node 22 and the pinned suite, which `.ci/node.sh` installs into a cache; without them the tests skip,
+unless PORTAL_REQUIRE_NODE is set, in which case they fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from _suite import (
+    ERAS,
+    NodeUnavailable,
+    ensure_node,
+    expected_for,
+    load_expected_failures,
+    node_required,
+    run_suite,
+    serve,
+)
+from starlette.types import ASGIApp
+
+pytestmark = [
+    pytest.mark.node,
+    # The fixture server exercises logging, sampling and roots on purpose; the SDK flags each use as deprecated
+    # in the 2026-07-28 revision, which is noise here.
+    pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
+]
+
+
+@dataclass(frozen=True)
+class Target:
+    """An MCP endpoint to run the suite against.
+
+    `name` identifies it in test ids and in expected-failures.toml; `make_app` builds a fresh ASGI app serving
+    it (a fresh one per test module, since an MCP app's session manager starts only once); `path` is the MCP
+    endpoint within that app.
+    """
+
+    name: str
+    make_app: Callable[[], ASGIApp]
+    path: str
+
+
+def _direct_app() -> ASGIApp:
+    """The fixture server alone, exactly as `python -m servers.conformance --http` serves it."""
+    from servers import conformance
+
+    return conformance.create_app()
+
+
+# Add the portal here: e.g. Target("portal-server", <portal app with the fixture registered as "conformance">,
+# "/servers/conformance/mcp") and Target("portal-aggregated", <same>, "/mcp").
+TARGETS: list[Target] = [
+    Target("direct", _direct_app, "/mcp"),
+]
+
+
+@pytest.fixture(scope="session")
+def node() -> Path:
+    """Node 22 with the conformance suite installed; skips (or fails, with PORTAL_REQUIRE_NODE) without it."""
+    try:
+        return ensure_node()
+    except NodeUnavailable as exc:
+        if node_required():
+            pytest.fail(f"PORTAL_REQUIRE_NODE is set but Node 22 is unavailable: {exc}")
+        pytest.skip(f"Node 22 and the MCP conformance suite are unavailable (set PORTAL_REQUIRE_NODE to fail): {exc}")
+
+
+@pytest.fixture(scope="module", params=TARGETS, ids=lambda target: target.name)
+def target_url(request: pytest.FixtureRequest) -> Iterator[tuple[Target, str]]:
+    """Serve one target on 127.0.0.1 for the module's tests; yield it with its MCP endpoint URL."""
+    target: Target = request.param
+    with serve(target.make_app()) as base_url:
+        yield target, base_url + target.path
+
+
+def test_expected_failures_file_is_well_formed() -> None:
+    """Every entry names a known target and era and gives a reason (checked without running Node)."""
+    names = {target.name for target in TARGETS}
+    for entry in load_expected_failures():
+        assert entry.target in names, f"expected-failures.toml names unknown target {entry.target!r}"
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_conformance(node: Path, target_url: tuple[Target, str], era: str) -> None:
+    """Every scenario of `era` passes against the target, except the listed expected failures, which must fail."""
+    target, url = target_url
+    expected = expected_for(load_expected_failures(), target.name, era)
+    run = run_suite(node, url, era)
+    print(f"conformance {target.name} {era}: {len(run.results)} scenarios in {run.seconds:.1f} s")
+
+    # Guard against a run that silently exercised nothing (a wrong flag, an unreachable URL).
+    assert len(run.results) >= 20, f"suspiciously few scenarios ran: {sorted(run.results)}\n{run.output[-3000:]}"
+
+    unexpected = {
+        name: run.failures.get(name, []) for name, passed in run.results.items() if not passed and name not in expected
+    }
+    now_passing = sorted(name for name in expected if run.results.get(name) is True)
+    not_run = sorted(name for name in expected if name not in run.results)
+
+    problems: list[str] = []
+    for name, checks in sorted(unexpected.items()):
+        problems.append(f"unexpected failure: {name}\n    " + "\n    ".join(checks[:10]))
+    problems += [f"listed in expected-failures.toml but passes now (remove it): {name}" for name in now_passing]
+    problems += [f"listed in expected-failures.toml but did not run (remove or rename it): {name}" for name in not_run]
+    assert not problems, f"{target.name} at {era} ({url}):\n" + "\n".join(problems)
