@@ -24,6 +24,8 @@ __all__ = [
     "ParseError",
     "PayloadTooLarge",
     "PortalError",
+    "SessionNotFound",
+    "UnknownResource",
     "UnknownServer",
     "UnknownTool",
     "UnsupportedProtocolVersion",
@@ -42,12 +44,24 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 CONNECTION_CLOSED = -32000
 REQUEST_TIMEOUT = -32001
+RESOURCE_NOT_FOUND = -32002
 HEADER_MISMATCH = -32020
 UNSUPPORTED_PROTOCOL_VERSION = -32022
 # Implementation-defined server errors live in -32099..-32000 (JSON-RPC 2.0 §5.1);
 # MCP already uses -32000 and -32001, so the portal's own start at -32050.
 UPSTREAM_UNAVAILABLE = -32050
 UPSTREAM_PROTOCOL = -32051
+
+ERROR_HTTP_STATUS: dict[int, int] = {
+    PARSE_ERROR: 400,
+    INVALID_REQUEST: 400,
+    INVALID_PARAMS: 400,
+    HEADER_MISMATCH: 400,
+    -32021: 400,  # missing required client capability
+    UNSUPPORTED_PROTOCOL_VERSION: 400,
+    METHOD_NOT_FOUND: 404,
+}
+"""2026-07-28 streamable HTTP: the HTTP status that goes with a JSON-RPC error code (others: 200)."""
 
 
 class PortalError(Exception):
@@ -125,6 +139,13 @@ class NotFound(PortalError):
     jsonrpc_code = INVALID_PARAMS
 
 
+class SessionNotFound(NotFound):
+    """Streamable HTTP: an unknown or ended session is a 404, so that the client re-initializes."""
+
+    code = "session_not_found"
+    jsonrpc_code = INVALID_REQUEST
+
+
 class UnknownServer(NotFound):
     code = "unknown_server"
 
@@ -133,6 +154,13 @@ class UnknownTool(NotFound):
     """MCP 2025-11-25 server/tools: an unknown tool is a -32602 protocol error."""
 
     code = "unknown_tool"
+
+
+class UnknownResource(NotFound):
+    """SEP-2164: reading a resource nobody serves is "resource not found"."""
+
+    code = "unknown_resource"
+    jsonrpc_code = RESOURCE_NOT_FOUND
 
 
 class UpstreamError(PortalError):

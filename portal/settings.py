@@ -86,9 +86,7 @@ class ServerConfig:
 
     def validate(self) -> ServerConfig:
         if not SERVER_NAME.fullmatch(self.name):
-            raise ConfigError(
-                f"server name {self.name!r} must match ^[a-z][a-z0-9-]{{0,31}}$", server=self.name
-            )
+            raise ConfigError(f"server name {self.name!r} must match ^[a-z][a-z0-9-]{{0,31}}$", server=self.name)
         given = [key for key in ("url", "command", "module") if getattr(self, key) is not None]
         if len(given) != 1:
             raise ConfigError(

@@ -1,12 +1,11 @@
 """Client-side JSON-RPC session machinery shared by the HTTP and stdio connectors.
 
 `RpcConnector` holds what does not depend on the transport: request ids, the
-table of requests in flight, progress-token remapping, the era negotiation
-(`server/discover` at 2026-07-28, falling back to the `initialize` handshake the
-way `mcp.client._probe` decides), the 2026 `_meta` envelope, the routing of
-incoming notifications, and the answer to server-to-client requests. A transport
-subclass supplies the wire: how one request travels and is answered, how a
-notification is sent, how an abandoned request is cancelled.
+table of requests in flight, progress-token remapping, the era negotiation (from
+`EraNegotiation`), the 2026 `_meta` envelope, the routing of incoming
+notifications, and the answer to server-to-client requests. A transport subclass
+supplies the wire: how one request travels and is answered, how a notification
+is sent, how an abandoned request is cancelled.
 """
 
 from __future__ import annotations
@@ -14,20 +13,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-from mcp_types import (
-    CLIENT_CAPABILITIES_META_KEY,
-    CLIENT_INFO_META_KEY,
-    LOG_LEVEL_META_KEY,
-    PROTOCOL_VERSION_META_KEY,
-    SERVER_INFO_META_KEY,
-    UNSUPPORTED_PROTOCOL_VERSION,
-)
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
+from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, LOG_LEVEL_META_KEY, PROTOCOL_VERSION_META_KEY
 
 from portal.errors import (
     METHOD_NOT_FOUND,
@@ -37,7 +28,8 @@ from portal.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from portal.upstream.base import CLIENT_INFO, NotificationHandler, UpstreamInfo
+from portal.upstream._era import HANDSHAKE, MODERN, EraNegotiation, Protocol
+from portal.upstream.base import NotificationHandler, UpstreamInfo
 
 __all__ = [
     "HANDSHAKE",
@@ -51,13 +43,6 @@ __all__ = [
 
 logger = logging.getLogger("portal.upstream")
 
-MODERN: Final = MODERN_PROTOCOL_VERSIONS[-1]
-"""The per-request-envelope era the portal speaks (2026-07-28)."""
-HANDSHAKE: Final = LATEST_HANDSHAKE_VERSION
-"""The handshake-era version the portal offers in `initialize` (2025-11-25)."""
-
-Protocol = Literal["auto", "2025-11-25", "2026-07-28"]
-
 SESSION_EVENTS: Final = frozenset(
     {
         "notifications/tools/list_changed",
@@ -69,7 +54,12 @@ SESSION_EVENTS: Final = frozenset(
 """Notifications about the server as a whole: they go to the connector's owner
 whichever stream carries them, never to the request that happened to be open."""
 
-_ENVELOPE_KEYS: Final = (PROTOCOL_VERSION_META_KEY, CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, LOG_LEVEL_META_KEY)
+_ENVELOPE_KEYS: Final = (
+    PROTOCOL_VERSION_META_KEY,
+    CLIENT_CAPABILITIES_META_KEY,
+    CLIENT_INFO_META_KEY,
+    LOG_LEVEL_META_KEY,
+)
 _NOT_CANCELLABLE: Final = frozenset({"initialize", "server/discover"})
 
 
@@ -99,10 +89,12 @@ def result_of(server: str, message: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(error, dict) or not isinstance(error.get("code"), int) or isinstance(error.get("code"), bool):
         raise UpstreamProtocolError(server, "answered with a malformed JSON-RPC error")
     raw_message = error.get("message")
-    raise UpstreamRejected(server, error["code"], str(raw_message) if raw_message is not None else "", error.get("data"))
+    raise UpstreamRejected(
+        server, error["code"], str(raw_message) if raw_message is not None else "", error.get("data")
+    )
 
 
-class RpcConnector(ABC):
+class RpcConnector(EraNegotiation):
     """A `Connector` minus the wire. Subclasses implement the abstract methods.
 
     Incoming notifications are routed by `deliver`: `notifications/progress` to the
@@ -177,14 +169,6 @@ class RpcConnector(ABC):
     @abstractmethod
     async def _roundtrip(self, call: Call) -> dict[str, Any]:
         """Send `call` and return its `result` (raising `UpstreamError`s)."""
-
-    @abstractmethod
-    async def _bootstrap(self, call: Call, version: str | None) -> dict[str, Any]:
-        """Send a negotiation request (`initialize` when `version` is None, else `server/discover`)."""
-
-    @abstractmethod
-    async def _notify(self, method: str, params: Mapping[str, Any] | None) -> None:
-        """Send a notification to the upstream."""
 
     @abstractmethod
     def _cancel_upstream(self, call: Call, reason: str) -> None:
@@ -332,140 +316,15 @@ class RpcConnector(ABC):
         except UpstreamError as exc:
             logger.debug("could not answer %s's %s request: %s", self.name, message["method"], exc.cause)
 
-    # -- era negotiation -----------------------------------------------------------------
-
-    async def _negotiate(self) -> UpstreamInfo:
-        """Settle the era with the upstream: MCP 2026-07-28 basic/lifecycle#version-negotiation.
-
-        Raises `UpstreamUnavailable` when the upstream cannot be reached, refuses or does not
-        answer, and `UpstreamProtocolError` when it answers something that is not MCP.
-        """
-        try:
-            return await self._negotiate_era()
-        except UpstreamTimeout as exc:
-            raise UpstreamUnavailable(self.name, exc.cause) from None
-        except UpstreamRejected as exc:
-            raise UpstreamUnavailable(self.name, f"refused the handshake: {exc.rpc_message}") from None
-
-    async def _negotiate_era(self) -> UpstreamInfo:
-        if self.protocol == HANDSHAKE:
-            return await self._handshake()
-        if self.protocol == MODERN:
-            try:
-                raw = await self._probe(MODERN)
-            except UpstreamRejected as exc:
-                raise UpstreamUnavailable(self.name, f"refused server/discover: {exc.rpc_message}") from None
-            info = self._adopt_discover(raw)
-            if info is None:
-                raise UpstreamUnavailable(self.name, f"does not support protocol version {MODERN}")
-            return info
-        return await self._negotiate_auto()
-
-    async def _negotiate_auto(self) -> UpstreamInfo:
-        # Mirrors mcp.client._probe.negotiate_auto: anything that is not positive evidence of a
-        # modern server falls back to the handshake; only a modern-only server with no version in
-        # common is an error. Transport failures are never an era verdict and propagate.
-        version = MODERN
-        for attempt in range(2):
-            try:
-                raw = await self._probe(version)
-            except (UpstreamRejected, UpstreamProtocolError, UpstreamTimeout) as exc:
-                if isinstance(exc, UpstreamRejected) and exc.rpc_code == UNSUPPORTED_PROTOCOL_VERSION:
-                    supported = _supported_versions(exc.rpc_data)
-                    mutual = [v for v in MODERN_PROTOCOL_VERSIONS if v in (supported or ())]
-                    if mutual and attempt == 0:
-                        version = mutual[-1]
-                        continue
-                    if supported is not None and not any(v in HANDSHAKE_PROTOCOL_VERSIONS for v in supported):
-                        raise UpstreamUnavailable(
-                            self.name, f"speaks only protocol versions {', '.join(supported)}"
-                        ) from None
-                try:
-                    return await self._handshake()
-                except UpstreamRejected as handshake_exc:
-                    # A -32022 answer to initialize is itself modern evidence: re-probe once.
-                    supported = _supported_versions(handshake_exc.rpc_data)
-                    mutual = [v for v in MODERN_PROTOCOL_VERSIONS if v in (supported or ())]
-                    if handshake_exc.rpc_code != UNSUPPORTED_PROTOCOL_VERSION or attempt or not mutual:
-                        raise UpstreamUnavailable(self.name, f"refused initialize: {handshake_exc.rpc_message}") from None
-                    version = mutual[-1]
-                    continue
-            info = self._adopt_discover(raw)
-            return info if info is not None else await self._handshake()
-        raise UpstreamUnavailable(self.name, "could not agree on a protocol version")
-
-    async def _probe(self, version: str) -> dict[str, Any]:
-        envelope = {PROTOCOL_VERSION_META_KEY: version, CLIENT_CAPABILITIES_META_KEY: {}, CLIENT_INFO_META_KEY: CLIENT_INFO}
-        call = self._new_call("server/discover", {"_meta": envelope})
-        try:
-            return await self._bounded(self._bootstrap(call, version), "server/discover")
-        finally:
-            self._forget(call)
-
-    def _adopt_discover(self, raw: dict[str, Any]) -> UpstreamInfo | None:
-        supported = raw.get("supportedVersions")
-        if not isinstance(supported, list):
-            return None  # not a DiscoverResult: not modern evidence
-        mutual = [v for v in MODERN_PROTOCOL_VERSIONS if v in supported]
-        if not mutual:
-            return None  # a discover-answering server advertising only handshake versions
-        version = mutual[-1]
-        self._envelope = {
-            PROTOCOL_VERSION_META_KEY: version,
-            CLIENT_CAPABILITIES_META_KEY: {},
-            CLIENT_INFO_META_KEY: CLIENT_INFO,
-        }
-        meta = raw.get("_meta")
-        server_info = meta.get(SERVER_INFO_META_KEY) if isinstance(meta, dict) else None
-        capabilities = raw.get("capabilities")
-        instructions = raw.get("instructions")
-        return UpstreamInfo(
-            protocol_version=version,
-            capabilities=capabilities if isinstance(capabilities, dict) else {},
-            server_info=server_info if isinstance(server_info, dict) else {},
-            instructions=instructions if isinstance(instructions, str) else None,
-        )
-
-    async def _handshake(self) -> UpstreamInfo:
-        """MCP 2025-11-25 basic/lifecycle#initialization: initialize, then notifications/initialized."""
-        params = {"protocolVersion": HANDSHAKE, "capabilities": {}, "clientInfo": CLIENT_INFO}
-        call = self._new_call("initialize", params)
-        try:
-            raw = await self._bounded(self._bootstrap(call, None), "initialize")
-        finally:
-            self._forget(call)
-        version = raw.get("protocolVersion")
-        if version not in HANDSHAKE_PROTOCOL_VERSIONS:
-            # basic/lifecycle#version-negotiation: a client that does not support the server's
-            # version SHOULD disconnect.
-            raise UpstreamUnavailable(self.name, f"answered initialize with unsupported protocol version {version!r}")
-        self._envelope = {}
-        capabilities = raw.get("capabilities")
-        server_info = raw.get("serverInfo")
-        instructions = raw.get("instructions")
-        info = UpstreamInfo(
-            protocol_version=version,
-            capabilities=capabilities if isinstance(capabilities, dict) else {},
-            server_info=server_info if isinstance(server_info, dict) else {},
-            instructions=instructions if isinstance(instructions, str) else None,
-        )
-        self.info = info  # the transport stamps the negotiated version on the notification
-        await self._notify("notifications/initialized", None)
-        return info
-
-    async def _bounded(self, step: Any, what: str) -> dict[str, Any]:
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                result: dict[str, Any] = await step
-                return result
-        except TimeoutError:
-            raise UpstreamTimeout(self.name, f"did not answer {what} within {self.connect_timeout:g}s") from None
-
     def _listen_filter(self) -> dict[str, bool]:
         """The `subscriptions/listen` filter for the change notifications the server advertises."""
         caps = self.info.capabilities if self.info is not None else {}
         wanted: dict[str, bool] = {}
-        for kind, key in (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"), ("resources", "resourcesListChanged")):
+        for kind, key in (
+            ("tools", "toolsListChanged"),
+            ("prompts", "promptsListChanged"),
+            ("resources", "resourcesListChanged"),
+        ):
             cap = caps.get(kind)
             if isinstance(cap, dict) and cap.get("listChanged") is True:
                 wanted[key] = True
@@ -515,11 +374,3 @@ class RpcConnector(ABC):
         for call in list(self._pending.values()):
             if call.future is not None and not call.future.done():
                 call.future.set_exception(UpstreamUnavailable(self.name, cause))
-
-
-def _supported_versions(data: Any) -> list[str] | None:
-    """`data.supported` of a -32022 error, or None when it is not there to act on."""
-    supported = data.get("supported") if isinstance(data, dict) else None
-    if isinstance(supported, list) and all(isinstance(v, str) for v in supported):
-        return supported
-    return None

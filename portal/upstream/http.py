@@ -19,20 +19,14 @@ import asyncio
 import errno
 import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 import aiohttp
 import orjson
-from mcp.shared.inbound import (
-    NAME_BEARING_METHODS,
-    encode_header_value,
-    find_invalid_x_mcp_header,
-    mcp_param_headers,
-    x_mcp_header_map,
-)
 
 from portal.errors import UpstreamError, UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable
+from portal.upstream._headers import InputSchemaLookup, RoutingHeaders
 from portal.upstream._rpc import Call, Protocol, RpcConnector, result_of
 from portal.upstream._sse import SseParser, SseTooLarge
 from portal.upstream.base import UpstreamInfo
@@ -40,9 +34,6 @@ from portal.upstream.base import UpstreamInfo
 __all__ = ["HttpConnector", "InputSchemaLookup"]
 
 logger = logging.getLogger("portal.upstream.http")
-
-InputSchemaLookup = Callable[[str], Mapping[str, Any] | None]
-"""Returns the `inputSchema` of an upstream tool by its upstream name, or None when unknown."""
 
 _ACCEPT: Final = "application/json, text/event-stream"
 _MAX_RESUMPTIONS: Final = 3
@@ -98,8 +89,7 @@ class HttpConnector(RpcConnector):
         self._headers = dict(headers or {})
         self._http = session
         self._owns_http = session is None
-        self._input_schema = input_schema
-        self._header_maps: dict[str, dict[tuple[str, ...], str]] = {}
+        self._routing = RoutingHeaders(name, input_schema)
         self._base: dict[str, str] = {}
         self._renew_lock = asyncio.Lock()
 
@@ -109,7 +99,7 @@ class HttpConnector(RpcConnector):
             raise RuntimeError(f"connector {self.name!r} is already started")
         self._reset()
         self.session_id = None
-        self._header_maps.clear()
+        self._routing.clear()
         if self._owns_http and (self._http is None or self._http.closed):
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),
@@ -165,7 +155,7 @@ class HttpConnector(RpcConnector):
                 continue
             result = result_of(self.name, await self._answer(response, call))
             if modern and call.method == "tools/list":
-                self._absorb_tools(call, result)
+                self._routing.absorb(result)
             return result
         raise UpstreamUnavailable(self.name, "ended the new session at once")
 
@@ -222,52 +212,7 @@ class HttpConnector(RpcConnector):
         return headers
 
     def _modern_headers(self, call: Call) -> dict[str, str]:
-        # 2026-07-28 basic/transports#routing-headers: Mcp-Method always, Mcp-Name for the
-        # name-bearing methods, Mcp-Param-* mirroring annotated tool arguments.
-        headers = {**self._base, "Mcp-Method": call.method}
-        key = NAME_BEARING_METHODS.get(call.method)
-        if key is not None:
-            params = call.message.get("params") or {}
-            name = params.get(key)
-            if isinstance(name, str):
-                headers["Mcp-Name"] = encode_header_value(name)
-                if call.method == "tools/call":
-                    arguments = params.get("arguments")
-                    header_map = self._header_map(name)
-                    if header_map and isinstance(arguments, Mapping):
-                        headers.update(mcp_param_headers(header_map, arguments))
-        return headers
-
-    def _header_map(self, tool: str) -> dict[tuple[str, ...], str] | None:
-        header_map = self._header_maps.get(tool)
-        if header_map is None and self._input_schema is not None:
-            schema = self._input_schema(tool)
-            if schema is not None and find_invalid_x_mcp_header(schema) is None:
-                header_map = self._header_maps[tool] = x_mcp_header_map(schema)
-        return header_map
-
-    def _absorb_tools(self, call: Call, result: dict[str, Any]) -> None:
-        tools = result.get("tools")
-        if not isinstance(tools, list):
-            return
-        kept: list[Any] = []
-        for tool in tools:
-            name = tool.get("name") if isinstance(tool, dict) else None
-            schema = tool.get("inputSchema") if isinstance(tool, dict) else None
-            reason = find_invalid_x_mcp_header(schema)
-            if reason is not None:
-                # 2026-07-28 basic/transports#custom-headers: clients MUST drop such tools.
-                logger.warning("dropping tool %r of %s: invalid x-mcp-header (%s)", name, self.name, reason)
-                continue
-            kept.append(tool)
-            if isinstance(name, str):
-                header_map = x_mcp_header_map(schema)
-                if header_map:
-                    self._header_maps[name] = header_map
-                else:
-                    self._header_maps.pop(name, None)
-        if len(kept) != len(tools):
-            result["tools"] = kept
+        return self._routing.for_request(self._base, call.method, call.message.get("params"))
 
     async def _renew(self, stale_session: str) -> None:
         async with self._renew_lock:
@@ -294,7 +239,12 @@ class HttpConnector(RpcConnector):
         try:
             return await http.request(method, self.url, data=body, headers=headers, allow_redirects=False)
         except aiohttp.ClientError as exc:
-            raise _transport_error(self.name, exc) from None
+            raise self._wire_error(exc) from None
+
+    def _wire_error(self, exc: aiohttp.ClientError) -> UpstreamUnavailable:
+        if self.closed:  # our own close() broke the connection
+            return UpstreamUnavailable(self.name, self._closed_cause)
+        return _transport_error(self.name, exc)
 
     async def _answer(self, response: aiohttp.ClientResponse, call: Call) -> dict[str, Any]:
         """The response message to `call`, read from `response` (closed on any failure)."""
@@ -323,7 +273,7 @@ class HttpConnector(RpcConnector):
             # early after an event id; the client resumes it with GET and Last-Event-ID.
             if last_id is None or self.info is None or self.info.modern or attempts >= _MAX_RESUMPTIONS:
                 if broken is not None:
-                    raise _transport_error(self.name, broken)
+                    raise self._wire_error(broken)
                 raise UpstreamUnavailable(self.name, "closed the response stream before answering")
             attempts += 1
             await asyncio.sleep((retry if retry is not None else 1000) / 1000)
@@ -331,7 +281,9 @@ class HttpConnector(RpcConnector):
             response = await self._send("GET", headers)
             try:
                 if response.status != 200 or response.content_type != "text/event-stream":
-                    raise UpstreamUnavailable(self.name, f"refused to resume the response stream (HTTP {response.status})")
+                    raise UpstreamUnavailable(
+                        self.name, f"refused to resume the response stream (HTTP {response.status})"
+                    )
                 message, resumed_id, retry, broken = await self._read_stream(response, call, retry)
             except BaseException:
                 response.close()
@@ -388,7 +340,7 @@ class HttpConnector(RpcConnector):
                 return await response.read()
             return await response.content.read(limit)
         except aiohttp.ClientError as exc:
-            raise _transport_error(self.name, exc) from None
+            raise self._wire_error(exc) from None
 
     def _decode(self, raw: bytes) -> Any:
         try:
@@ -484,38 +436,21 @@ class HttpConnector(RpcConnector):
             call = Call(id=call_id, method="subscriptions/listen", message=message)
             try:
                 response = await self._send("POST", self._modern_headers(call), orjson.dumps(message))
-                try:
-                    if response.status >= 300:
-                        raise await self._refusal(response)
-                    if response.content_type == "text/event-stream":
-                        await self._follow_listen(response, call)
-                finally:
-                    response.close()
-                    if self.listening.is_set():
-                        delay = 0.1
-                    self.listening.clear()
+                # The ack (which sets `listening`) and the events arrive as notifications on the
+                # response stream; a result is the server's graceful end of the subscription.
+                result_of(self.name, await self._answer(response, call))
             except UpstreamRejected as exc:
                 logger.warning("%s refused subscriptions/listen: %s", self.name, exc.rpc_message)
                 return
             except UpstreamError as exc:
                 logger.debug("subscription stream of %s: %s", self.name, exc.cause)
+            finally:
+                if self.listening.is_set():
+                    delay = 0.1
+                self.listening.clear()
             self._announce_on_ack = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
-
-    async def _follow_listen(self, response: aiohttp.ClientResponse, call: Call) -> None:
-        """Deliver a listen stream's notifications until it ends (the ack sets `listening`)."""
-        parser = SseParser()
-        try:
-            async for chunk in response.content.iter_any():
-                for event in parser.feed(chunk):
-                    if event.data:
-                        message = await self.deliver(self._decode(event.data), call)
-                        if message is not None:
-                            result_of(self.name, message)  # a result is the graceful end; an error raises
-                            return
-        except (aiohttp.ClientError, SseTooLarge) as exc:
-            logger.debug("subscription stream of %s broke: %r", self.name, exc)
 
 
 def _transport_error(server: str, exc: aiohttp.ClientError) -> UpstreamUnavailable:

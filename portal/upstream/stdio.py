@@ -131,9 +131,11 @@ class StdioConnector(RpcConnector):
         self._spawn(self._pump_events())
         try:
             info = await self._negotiate()
-        except UpstreamUnavailable as exc:
+        except UpstreamUnavailable:
+            # Alive but silent, having written junk: it speaks something other than MCP.
+            speaks_junk = self._junk and proc.returncode is None
             await self.close()
-            if self._junk and not exc.cause.startswith("exited"):
+            if speaks_junk:
                 raise UpstreamProtocolError(self.name, "writes something that is not JSON-RPC to stdout") from None
             raise
         except BaseException:
@@ -305,4 +307,3 @@ class StdioConnector(RpcConnector):
             text = buffer.decode("utf-8", "replace").rstrip()
             self._stderr.append(text)
             logger.debug("%s stderr: %s", self.name, text)
-

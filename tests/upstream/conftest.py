@@ -11,8 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from upstream_demo_server import DemoState, build_server  # noqa: E402
-from upstream_support import Demo, Recorder, serve  # noqa: E402
+from upstream_demo_server import DemoState, build_server
+from upstream_support import Demo, Recorder, serve
 
 DemoFactory = Callable[..., Awaitable[Demo]]
 

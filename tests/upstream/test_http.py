@@ -35,7 +35,9 @@ def html_app(status: int = 200, content_type: str = "text/html") -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type.encode())]})
+        await send(
+            {"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type.encode())]}
+        )
         await send({"type": "http.response.body", "body": b"<html><body>Welcome to nginx!</body></html>"})
 
     return app
@@ -161,6 +163,21 @@ async def test_progress_notifications_reach_the_caller_with_its_own_token(
 
 
 @pytest.mark.parametrize("protocol", ERAS)
+async def test_other_notifications_of_a_request_reach_that_request(demo: Demo, closing: Closing, protocol: str) -> None:
+    connector = closing(HttpConnector("demo", demo.url, protocol=protocol))  # type: ignore[arg-type]
+    unsolicited, mine = Notes(), Notes()
+    connector.on_notification = unsolicited
+    await connector.start()
+    params = {"name": "chatty", "arguments": {}, "_meta": {"io.modelcontextprotocol/logLevel": "info"}}
+
+    await connector.request("tools/call", params, timeout=5, on_notification=mine)
+
+    [log] = mine.of("notifications/message")
+    assert (log["level"], log["data"]) == ("info", "working on it")
+    assert not unsolicited.of("notifications/message")
+
+
+@pytest.mark.parametrize("protocol", ERAS)
 async def test_tool_list_changes_reach_on_notification(demo: Demo, closing: Closing, protocol: str) -> None:
     connector = closing(HttpConnector("demo", demo.url, protocol=protocol))  # type: ignore[arg-type]
     notes = Notes()
@@ -175,6 +192,16 @@ async def test_tool_list_changes_reach_on_notification(demo: Demo, closing: Clos
     assert "sprout" in {tool["name"] for tool in listed["tools"]}
     subscribed = demo.recorder.rpc("subscriptions/listen")
     assert bool(subscribed) == (expected_era(protocol) == "2026-07-28")
+
+
+@pytest.mark.parametrize("protocol", ERAS)
+async def test_the_liveness_probe_of_each_era_is_answered(demo: Demo, closing: Closing, protocol: str) -> None:
+    connector = await started(closing, demo.url, protocol)
+    modern = expected_era(protocol) == "2026-07-28"
+
+    answer = await connector.request("server/discover" if modern else "ping", None, timeout=5)
+
+    assert ("supportedVersions" in answer) == modern
 
 
 # -- cancellation and failure ---------------------------------------------------------------
@@ -216,7 +243,7 @@ async def test_a_call_that_takes_too_long_times_out_and_is_cancelled_upstream(
     connector = await started(closing, demo.url, protocol)
 
     with pytest.raises(UpstreamTimeout, match=r"server 'demo' did not answer within 0.3s"):
-        await connector.request("tools/call", {"name": "wait_for_cancel", "arguments": {}}, timeout=0.3)
+        await connector.request("tools/call", {"name": "wait_silently", "arguments": {}}, timeout=0.3)
 
     await asyncio.wait_for(demo.state.cancelled.wait(), 5)
     assert not connector.closed
@@ -229,7 +256,7 @@ async def test_an_upstream_dying_mid_call_fails_the_call_promptly(demo: Demo, cl
 
     demo.running.crash()
 
-    with pytest.raises(UpstreamUnavailable, match="server 'demo' (closed the connection|reset the connection)"):
+    with pytest.raises(UpstreamUnavailable, match=r"server 'demo' (closed the connection|reset the connection)"):
         await asyncio.wait_for(call, 0.5)
     with pytest.raises(UpstreamUnavailable, match="is unreachable: connection refused"):
         await connector.request("tools/list", None, timeout=5)
@@ -266,7 +293,9 @@ async def test_html_in_place_of_an_answer_is_a_protocol_error(demo: Demo, closin
 
 
 @pytest.mark.parametrize("status", [401, 403])
-async def test_refused_credentials_make_the_server_unavailable_with_a_clear_cause(closing: Closing, status: int) -> None:
+async def test_refused_credentials_make_the_server_unavailable_with_a_clear_cause(
+    closing: Closing, status: int
+) -> None:
     async with serve(html_app(status, "application/json")) as running:
         with pytest.raises(UpstreamUnavailable, match=f"refused the portal's credentials \\(HTTP {status}\\)"):
             await started(closing, running.url, "auto")
@@ -313,7 +342,10 @@ async def test_an_interrupted_response_stream_is_resumed_from_the_last_event(sta
     notes = Notes()
 
     result = await connector.request(
-        "tools/call", {"name": "poll_me", "arguments": {}, "_meta": {"progressToken": "p"}}, timeout=5, on_notification=notes
+        "tools/call",
+        {"name": "poll_me", "arguments": {}, "_meta": {"progressToken": "p"}},
+        timeout=5,
+        on_notification=notes,
     )
 
     assert result["structuredContent"] == {"result": "resumed"}
@@ -377,7 +409,7 @@ async def test_2026_requests_carry_the_envelope_and_routing_headers(demo: Demo, 
     await connector.request("resources/read", {"uri": "demo://greeting"}, timeout=5)
 
     call, read = demo.recorder.rpc("tools/call")[0], demo.recorder.rpc("resources/read")[0]
-    assert ENVELOPE_KEYS <= set(call.body["params"]["_meta"])
+    assert set(call.body["params"]["_meta"]) >= ENVELOPE_KEYS
     assert call.body["params"]["_meta"]["io.modelcontextprotocol/clientInfo"]["name"] == "portal"
     assert (call.headers["mcp-method"], call.headers["mcp-name"]) == ("tools/call", "add")
     assert (read.headers["mcp-method"], read.headers["mcp-name"]) == ("resources/read", "demo://greeting")
@@ -400,16 +432,26 @@ async def test_mcp_param_headers_can_come_from_an_input_schema_lookup(demo: Demo
     schema = {"type": "object", "properties": {"region": {"type": "string", "x-mcp-header": "Region"}}}
     connector = await started(closing, demo.url, "2026-07-28", input_schema=lambda tool: schema)
 
-    result = await connector.request("tools/call", {"name": "regional", "arguments": {"region": "ü", "size": 1}}, timeout=5)
+    result = await connector.request(
+        "tools/call", {"name": "regional", "arguments": {"region": "ü", "size": 1}}, timeout=5
+    )
 
     assert result["structuredContent"] == {"result": "1 in ü"}
     assert demo.recorder.rpc("tools/call")[0].headers["mcp-param-region"].startswith("=?base64?")
 
 
 async def test_tools_with_invalid_header_annotations_are_dropped_in_2026(closing: Closing) -> None:
-    bad = {"name": "bad", "inputSchema": {"type": "object", "properties": {"n": {"type": "number", "x-mcp-header": "N"}}}}
+    bad = {
+        "name": "bad",
+        "inputSchema": {"type": "object", "properties": {"n": {"type": "number", "x-mcp-header": "N"}}},
+    }
     good = {"name": "good", "inputSchema": {"type": "object"}}
-    discover = {"supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}}, "resultType": "complete", "ttlMs": 0}
+    discover = {
+        "supportedVersions": ["2026-07-28"],
+        "capabilities": {"tools": {}},
+        "resultType": "complete",
+        "ttlMs": 0,
+    }
 
     def scripted(seen: Seen) -> tuple[int, str, bytes]:
         result = discover if seen.rpc_method == "server/discover" else {"tools": [bad, good]}

@@ -7,10 +7,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from upstream_support import DEMO_SCRIPT, ERAS, LogWatch, Notes, expected_era
 
 from portal.errors import UpstreamProtocolError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
@@ -18,6 +19,7 @@ from portal.upstream.base import Connector
 from portal.upstream.stdio import StdioConnector
 
 Starter = Callable[..., Any]
+Shared = Callable[[str], Awaitable[StdioConnector]]
 
 # A hand-written server: answers `initialize`, then ignores stdin closing and SIGTERM.
 STUBBORN = r"""
@@ -28,25 +30,51 @@ if "--banner" in sys.argv:
 for line in sys.stdin:
     message = json.loads(line)
     if message.get("method") == "initialize" and "--mute" not in sys.argv:
-        result = {"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "stubborn", "version": "0"}}
+        info = {"name": "stubborn", "version": "0"}
+        result = {"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": info}
         print(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}), flush=True)
 while True:
     time.sleep(1)
 """
 
 
-@pytest.fixture
+# Starting a Python MCP server takes most of a second, so the tests that leave the process as
+# they found it share one per era, on one event loop for the whole module.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared() -> AsyncIterator[Callable[[str], Awaitable[StdioConnector]]]:
+    """`await shared(protocol)`: a running demo server for tests that do not stop it."""
+    running: dict[str, StdioConnector] = {}
+
+    async def get(protocol: str) -> StdioConnector:
+        connector = running.get(protocol)
+        if connector is None or connector.closed:
+            connector = running[protocol] = StdioConnector("demo", sys.executable, [DEMO_SCRIPT], protocol=protocol)  # type: ignore[arg-type]
+            await connector.start()
+        connector.on_notification = None
+        return connector
+
+    yield get
+    for connector in running.values():
+        await connector.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
 async def start() -> AsyncIterator[Starter]:
-    """`await start(protocol, *script_args, **options)`: a started connector to the demo server."""
+    """`await start(protocol, *script_args, **options)`: a connector of the test's own (`defer=True`: not started)."""
     connectors: list[StdioConnector] = []
 
-    async def make(protocol: str = "auto", *args: str, script: list[str] | None = None, **options: Any) -> StdioConnector:
+    async def make(
+        protocol: str = "auto", *args: str, script: list[str] | None = None, **options: Any
+    ) -> StdioConnector:
         argv = script if script is not None else [DEMO_SCRIPT, *args]
+        defer = options.pop("defer", False)
         connector = StdioConnector("demo", sys.executable, argv, protocol=protocol, **options)  # type: ignore[arg-type]
         connectors.append(connector)
-        if options.pop("defer", False):
-            return connector
-        await connector.start()
+        if not defer:
+            await connector.start()
         return connector
 
     yield make
@@ -72,8 +100,8 @@ async def call_and_wait_until_running(connector: StdioConnector, timeout: float 
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_start_negotiates_the_era_the_portal_asks_for(start: Starter, protocol: str) -> None:
-    connector = await start(protocol)
+async def test_start_negotiates_the_era_the_portal_asks_for(shared: Shared, protocol: str) -> None:
+    connector = await shared(protocol)
 
     assert isinstance(connector, Connector)
     assert connector.info is not None and connector.info.protocol_version == expected_era(protocol)
@@ -101,8 +129,8 @@ async def test_a_2026_only_connector_refuses_a_handshake_only_server(start: Star
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_tools_are_listed_and_called_with_structured_output(start: Starter, protocol: str) -> None:
-    connector = await start(protocol)
+async def test_tools_are_listed_and_called_with_structured_output(shared: Shared, protocol: str) -> None:
+    connector = await shared(protocol)
 
     listed = await connector.request("tools/list", None, timeout=5)
     called = await connector.request("tools/call", {"name": "add", "arguments": {"a": 1, "b": 2}}, timeout=5)
@@ -112,8 +140,8 @@ async def test_tools_are_listed_and_called_with_structured_output(start: Starter
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_resources_and_prompts_are_relayed(start: Starter, protocol: str) -> None:
-    connector = await start(protocol)
+async def test_resources_and_prompts_are_relayed(shared: Shared, protocol: str) -> None:
+    connector = await shared(protocol)
 
     read = await connector.request("resources/read", {"uri": "demo://greeting"}, timeout=5)
     prompt = await connector.request("prompts/get", {"name": "greet", "arguments": {"name": "Ada"}}, timeout=5)
@@ -125,8 +153,8 @@ async def test_resources_and_prompts_are_relayed(start: Starter, protocol: str) 
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_json_rpc_errors_keep_their_code_and_message(start: Starter, protocol: str) -> None:
-    connector = await start(protocol)
+async def test_json_rpc_errors_keep_their_code_and_message(shared: Shared, protocol: str) -> None:
+    connector = await shared(protocol)
 
     with pytest.raises(UpstreamRejected) as caught:
         await connector.request("nothing/here", {}, timeout=5)
@@ -136,8 +164,8 @@ async def test_json_rpc_errors_keep_their_code_and_message(start: Starter, proto
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_progress_notifications_reach_the_caller_with_its_own_token(start: Starter, protocol: str) -> None:
-    connector = await start(protocol)
+async def test_progress_notifications_reach_the_caller_with_its_own_token(shared: Shared, protocol: str) -> None:
+    connector = await shared(protocol)
     first, second = Notes(), Notes()
     params = {"name": "count", "arguments": {"steps": 3}, "_meta": {"progressToken": 7}}
 
@@ -153,11 +181,10 @@ async def test_progress_notifications_reach_the_caller_with_its_own_token(start:
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_tool_list_changes_reach_on_notification(start: Starter, protocol: str) -> None:
-    connector = await start(protocol, defer=True)
+async def test_tool_list_changes_reach_on_notification(shared: Shared, protocol: str) -> None:
+    connector = await shared(protocol)
     notes = Notes()
     connector.on_notification = notes
-    await connector.start()
     await asyncio.wait_for(connector.listening.wait(), 5)
 
     await connector.request("tools/call", {"name": "grow", "arguments": {"name": "sprout"}}, timeout=5)
@@ -167,8 +194,23 @@ async def test_tool_list_changes_reach_on_notification(start: Starter, protocol:
     assert "sprout" in {tool["name"] for tool in listed["tools"]}
 
 
-async def test_server_requests_are_refused_except_ping(start: Starter) -> None:
-    connector = await start("2025-11-25")
+@pytest.mark.parametrize("protocol", ERAS)
+async def test_log_messages_reach_on_notification_since_a_pipe_cannot_tell_their_request(
+    shared: Shared, protocol: str
+) -> None:
+    connector = await shared(protocol)
+    notes = Notes()
+    connector.on_notification = notes
+    params = {"name": "chatty", "arguments": {}, "_meta": {"io.modelcontextprotocol/logLevel": "info"}}
+
+    await connector.request("tools/call", params, timeout=5, on_notification=Notes())
+
+    [log] = await notes.wait_for("notifications/message")
+    assert log["data"] == "working on it"
+
+
+async def test_server_requests_are_refused_except_ping(shared: Shared) -> None:
+    connector = await shared("2025-11-25")
 
     result = await connector.request("tools/call", {"name": "ask_client", "arguments": {}}, timeout=5)
 
@@ -179,9 +221,9 @@ async def test_server_requests_are_refused_except_ping(start: Starter) -> None:
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_cancelling_the_caller_cancels_the_upstream_call(start: Starter, protocol: str) -> None:
+async def test_cancelling_the_caller_cancels_the_upstream_call(shared: Shared, protocol: str) -> None:
     with LogWatch("portal.upstream.stdio") as log:
-        connector = await start(protocol)
+        connector = await shared(protocol)
         call = await call_and_wait_until_running(connector)
 
         call.cancel()
@@ -193,14 +235,14 @@ async def test_cancelling_the_caller_cancels_the_upstream_call(start: Starter, p
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_a_call_that_takes_too_long_times_out_and_is_cancelled_upstream(start: Starter, protocol: str) -> None:
+async def test_a_call_that_takes_too_long_times_out_and_is_cancelled_upstream(shared: Shared, protocol: str) -> None:
     with LogWatch("portal.upstream.stdio") as log:
-        connector = await start(protocol)
+        connector = await shared(protocol)
 
         with pytest.raises(UpstreamTimeout, match=r"server 'demo' did not answer within 0.3s"):
-            await connector.request("tools/call", {"name": "wait_for_cancel", "arguments": {}}, timeout=0.3)
+            await connector.request("tools/call", {"name": "wait_silently", "arguments": {}}, timeout=0.3)
 
-        await log.wait_for("tool wait_for_cancel was cancelled")
+        await log.wait_for("tool wait_silently was cancelled")
     assert not connector.closed
 
 
@@ -237,7 +279,9 @@ async def test_a_missing_command_cannot_be_started() -> None:
 
 
 async def test_a_server_that_writes_only_junk_is_a_protocol_error(start: Starter) -> None:
-    connector = await start("2025-11-25", script=["-c", STUBBORN, "--banner", "--mute"], connect_timeout=0.5, grace=0.1, defer=True)
+    connector = await start(
+        "2025-11-25", script=["-c", STUBBORN, "--banner", "--mute"], connect_timeout=0.5, grace=0.1, defer=True
+    )
 
     with pytest.raises(UpstreamProtocolError, match="writes something that is not JSON-RPC to stdout"):
         await connector.start()
@@ -291,8 +335,12 @@ async def test_stderr_is_kept_and_logged_but_the_environment_is_not(
     with LogWatch("portal.upstream.stdio") as log:
         connector = await start("auto", env={"GIVEN_TOKEN": "upstream-secret"})
 
-        own = await connector.request("tools/call", {"name": "has_env", "arguments": {"name": "PORTAL_TEST_OWN_SECRET"}}, timeout=5)
-        given = await connector.request("tools/call", {"name": "has_env", "arguments": {"name": "GIVEN_TOKEN"}}, timeout=5)
+        own = await connector.request(
+            "tools/call", {"name": "has_env", "arguments": {"name": "PORTAL_TEST_OWN_SECRET"}}, timeout=5
+        )
+        given = await connector.request(
+            "tools/call", {"name": "has_env", "arguments": {"name": "GIVEN_TOKEN"}}, timeout=5
+        )
         call = await call_and_wait_until_running(connector, timeout=0.2)
         with pytest.raises(UpstreamTimeout):
             await call

@@ -64,6 +64,25 @@ def build_server(state: DemoState | None = None) -> MCPServer:
         return "released"
 
     @server.tool()
+    async def wait_silently() -> str:
+        """Wait until released or cancelled, without a word (so no response has begun)."""
+        try:
+            await state.release.wait()
+        except BaseException:
+            state.cancelled.set()
+            print("tool wait_silently was cancelled", file=sys.stderr, flush=True)
+            raise
+        return "released"
+
+    @server.tool()
+    async def chatty(ctx: Context) -> str:
+        """Log a line about this request (in 2026 only when the request asked for logs)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)  # logging: deprecated in 2026, still served
+            await ctx.info("working on it")
+        return "done"
+
+    @server.tool()
     async def grow(name: str, ctx: Context) -> str:
         """Register a new tool called `name` and announce the change."""
         server.add_tool(lambda: name, name=name, description="grown at run time")

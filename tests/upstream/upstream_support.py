@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,6 @@ from typing import Any
 import uvicorn
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp_types import JSONRPCMessage
-
 from upstream_demo_server import DemoState
 
 __all__ = [
@@ -132,7 +131,9 @@ class Recorder:
         answer = self.intercept(seen) if self.intercept is not None else None
         if answer is not None:
             status, content_type, payload = answer
-            await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type.encode())]})
+            await send(
+                {"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type.encode())]}
+            )
             await send({"type": "http.response.body", "body": payload})
             return
         replayed = False

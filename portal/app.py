@@ -1,0 +1,192 @@
+"""The portal as one ASGI application: `create_app(settings)`.
+
+Wires the registry, the running servers, the pipeline and the MCP transport
+together, and owns their start and stop through the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from portal import __version__
+from portal.db import create_engine, init_db
+from portal.errors import UnknownServer
+from portal.gateway.forward import Forwarder
+from portal.gateway.rendering import jsonrpc_error
+from portal.gateway.servers import ServerSet
+from portal.gateway.sessions import SessionCodec, Streams
+from portal.gateway.transport import McpTransport
+from portal.metrics import render_metrics
+from portal.pipeline import Endpoint, Pipeline, Stage
+from portal.registry import HealthRow, Registry
+from portal.settings import Settings, resolve_secret
+
+__all__ = ["Portal", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Portal:
+    """Everything a running portal holds; `app.state.portal`."""
+
+    settings: Settings
+    registry: Registry
+    servers: ServerSet
+    pipeline: Pipeline
+    transport: McpTransport
+    streams: Streams
+
+
+def build_stages(settings: Settings) -> list[Stage]:
+    """The pipeline's stages before the forwarder, in order.
+
+    Authentication, authorization and audit join here as their issues land.
+    """
+    return []
+
+
+def create_app(settings: Settings) -> Starlette:
+    engine = create_engine(settings)
+    registry = Registry(settings, engine)
+    servers = ServerSet(base_dir=settings.base_dir, ping_interval=settings.health_interval_seconds)
+    pipeline = Pipeline(build_stages(settings), Forwarder(servers))
+    streams = Streams()
+    servers.subscribe(streams.list_changed)
+    key = (
+        hashlib.sha256(resolve_secret(settings.session_secret, base_dir=settings.base_dir).encode()).digest()
+        if settings.session_secret
+        else None
+    )
+    transport = McpTransport(
+        pipeline=pipeline,
+        sessions=SessionCodec(key),
+        streams=streams,
+        server_info={"name": "portal", "version": __version__},
+        instructions="Tools from several MCP servers, named {server}_{tool}.",
+        max_body_bytes=settings.max_body_bytes,
+        max_json_depth=settings.max_json_depth,
+    )
+    portal = Portal(settings, registry, servers, pipeline, transport, streams)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await asyncio.to_thread(init_db, engine)
+        await servers.apply(await asyncio.to_thread(registry.servers))
+        watcher = asyncio.create_task(_watch_registry(portal), name="registry-watch")
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await servers.close()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(registry.record_health, _health_rows(portal))
+            engine.dispose()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            await asyncio.to_thread(_ping_database, engine)
+            database = "ok"
+        except Exception as exc:
+            database = f"unreachable: {type(exc).__name__}"
+        body = {"status": "ok" if database == "ok" else "unavailable", "database": database}
+        body["servers"] = dict(servers.health())
+        return JSONResponse(body, status_code=200 if database == "ok" else 503)
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(render_metrics(servers), media_type="text/plain; version=0.0.4")
+
+    app = Starlette(
+        routes=[
+            Route("/mcp", _McpEndpoint(portal, None), methods=["GET", "POST", "DELETE"]),
+            Route("/servers/{name}/mcp", _McpEndpoint(portal, "server"), methods=["GET", "POST", "DELETE"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.portal = portal
+    return app
+
+
+class _McpEndpoint:
+    """ASGI app of one MCP route; resolves `/servers/{name}/mcp` to its server."""
+
+    def __init__(self, portal: Portal, kind: str | None) -> None:
+        self.portal = portal
+        self.kind = kind
+        self._aggregated = Endpoint("aggregated", "/mcp")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.kind is None:
+            await self.portal.transport.handle(self._aggregated, scope, receive, send)
+            return
+        name = scope["path_params"]["name"]
+        upstream = self.portal.servers.get(name)
+        if upstream is None or not upstream.config.enabled:
+            body = orjson.dumps(jsonrpc_error(None, UnknownServer(f"Unknown server: {name}", server=name)))
+            response = Response(body, status_code=404, media_type="application/json")
+            await response(scope, receive, send)
+            return
+        endpoint = Endpoint("server", f"/servers/{name}/mcp", server=name)
+        await self.portal.transport.handle(endpoint, scope, receive, send)
+
+
+def _ping_database(engine: Any) -> None:
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def _health_rows(portal: Portal) -> list[HealthRow]:
+    return [
+        HealthRow(
+            name=name,
+            state=h["state"],
+            protocol_version=h["protocol_version"],
+            last_error=h["last_error"],
+            latency_p50_ms=h["p50_ms"],
+            calls=h["calls"],
+            errors=h["errors"],
+        )
+        for name, h in portal.servers.health().items()
+    ]
+
+
+async def _watch_registry(portal: Portal) -> None:
+    """Apply registry changes made by the CLI or another replica, and publish health for them."""
+    registry, servers = portal.registry, portal.servers
+    version = await asyncio.to_thread(registry.version)
+    interval = portal.settings.registry_poll_seconds
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            current = await asyncio.to_thread(registry.version)
+            if current != version:
+                version = current
+                await servers.apply(await asyncio.to_thread(registry.servers))
+            await asyncio.to_thread(registry.record_health, _health_rows(portal))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The database being away must not stop the portal serving; the next round retries.
+            logger.warning("registry poll failed", exc_info=True)

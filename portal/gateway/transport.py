@@ -1,0 +1,446 @@
+"""MCP Streamable HTTP towards clients, in both protocol eras.
+
+One ASGI handler serves every MCP endpoint. It validates the HTTP layer and the
+JSON-RPC envelope, works out which era the client speaks, answers the lifecycle
+requests itself (`initialize`, `ping`, `server/discover`, `subscriptions/listen`,
+the standalone GET stream, session DELETE) and runs every other request through
+the pipeline.
+
+- 2025-11-25 (handshake era): `initialize` opens a session whose id travels in
+  `Mcp-Session-Id`; server notifications flow on the GET stream; a client cancels
+  with `notifications/cancelled` (MCP 2025-11-25, basic/utilities/cancellation).
+- 2026-07-28 (stateless era): every POST carries its own envelope in
+  `params._meta` and mirrors it in routing headers, checked with the SDK's own
+  ladder; closing the response stream cancels the request; list changes flow on
+  `subscriptions/listen` streams.
+
+A response is plain JSON unless the request produces notifications (progress,
+log messages) before its result, or runs long enough to need keep-alive pings;
+then it switches to `text/event-stream`, as the SDK's servers do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from mcp.shared.inbound import (
+    InboundLadderRejection,
+    classify_inbound_request,
+    find_duplicated_routing_header,
+)
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, KNOWN_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from starlette.types import Receive, Scope, Send
+
+from portal.errors import (
+    BadRequest,
+    HeaderMismatch,
+    PortalError,
+    SessionNotFound,
+    UnsupportedProtocolVersion,
+)
+from portal.gateway.body import read_json_body
+from portal.gateway.rendering import error_status, jsonrpc_error, jsonrpc_result, shape_result, sse_event
+from portal.gateway.sessions import Session, SessionCodec, Stream, Streams
+from portal.pipeline import Endpoint, Handler, McpRequest
+
+__all__ = ["McpTransport"]
+
+logger = logging.getLogger(__name__)
+
+MODERN = MODERN_PROTOCOL_VERSIONS[-1]
+LATEST_HANDSHAKE = HANDSHAKE_PROTOCOL_VERSIONS[-1]
+PING_INTERVAL = 15.0
+"""Seconds of silence after which a streamed response or notification stream sends an SSE comment."""
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),
+]
+_LIST_KINDS = frozenset({"tools", "resources", "prompts"})
+
+
+class McpTransport:
+    """Serves MCP Streamable HTTP for the portal's endpoints."""
+
+    def __init__(
+        self,
+        *,
+        pipeline: Handler,
+        sessions: SessionCodec,
+        streams: Streams,
+        server_info: Mapping[str, Any],
+        instructions: str | None = None,
+        max_body_bytes: int = 4 * 1024 * 1024,
+        max_json_depth: int = 64,
+    ) -> None:
+        self.pipeline = pipeline
+        self.sessions = sessions
+        self.streams = streams
+        self.server_info = dict(server_info)
+        self.instructions = instructions
+        self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
+        self._inflight: dict[tuple[str, Any], asyncio.Task[Any]] = {}
+
+    def capabilities(self, *, modern: bool) -> dict[str, Any]:
+        caps: dict[str, Any] = {
+            "tools": {"listChanged": True},
+            "resources": {"listChanged": True},
+            "prompts": {"listChanged": True},
+            "completions": {},
+        }
+        if not modern:
+            caps["logging"] = {}
+        return caps
+
+    async def handle(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        method = scope["method"]
+        try:
+            if method == "POST":
+                await self._post(endpoint, scope, headers, receive, send)
+            elif method == "GET":
+                await self._get(endpoint, headers, receive, send)
+            elif method == "DELETE":
+                await self._delete(headers, send)
+            else:
+                await _respond(send, 405, b"", extra=[(b"allow", b"GET, POST, DELETE")])
+        except _HttpError as exc:
+            await _respond(send, exc.status, orjson.dumps(exc.body) if exc.body else b"", extra=exc.headers)
+
+    # -- POST ------------------------------------------------------------------------------------
+
+    async def _post(
+        self, endpoint: Endpoint, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
+    ) -> None:
+        content_type = headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            raise _HttpError.rpc(415, BadRequest("Content-Type must be application/json"))
+        accept = headers.get("accept", "*/*")
+        if not any(t in accept for t in ("application/json", "text/event-stream", "*/*", "application/*")):
+            raise _HttpError.rpc(406, BadRequest("Accept must allow application/json or text/event-stream"))
+        try:
+            message = await read_json_body(receive, headers, self.max_body_bytes, self.max_json_depth)
+        except PortalError as exc:
+            raise _HttpError.rpc(413 if exc.code == "payload_too_large" else 400, exc) from None
+        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+            raise _HttpError.rpc(400, BadRequest("Body must be a single JSON-RPC request or notification object"))
+        version_header = headers.get("mcp-protocol-version")
+        if version_header is not None and version_header not in KNOWN_PROTOCOL_VERSIONS:
+            raise _HttpError.rpc(400, _unsupported(version_header), message.get("id"))
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        modern = version_header in MODERN_PROTOCOL_VERSIONS or (
+            version_header is None
+            and "mcp-session-id" not in headers
+            and isinstance(meta, dict)
+            and "io.modelcontextprotocol/protocolVersion" in meta
+        )
+        if "method" not in message:
+            # A posted response: the portal sends clients no requests, so there is nothing to match.
+            if modern:
+                raise _HttpError.rpc(400, BadRequest("Body must be a single JSON-RPC request or notification"))
+            await _respond(send, 202, b"")
+            return
+        if not isinstance(message["method"], str) or (params is not None and not isinstance(params, dict)):
+            raise _HttpError.rpc(400, BadRequest("Invalid JSON-RPC request"), message.get("id"))
+        if "id" not in message:
+            await self._notification(message, headers, modern, send)
+            return
+        request_id = message["id"]
+        if isinstance(request_id, bool) or not isinstance(request_id, str | int):
+            raise _HttpError.rpc(400, BadRequest("Request id must be a string or an integer"))
+        if modern:
+            await self._modern_request(endpoint, message, scope, headers, receive, send)
+        else:
+            await self._legacy_request(endpoint, message, headers, receive, send)
+
+    async def _notification(self, message: dict[str, Any], headers: dict[str, str], modern: bool, send: Send) -> None:
+        if not modern and message["method"] == "notifications/cancelled":
+            session = self._session(headers)
+            params = message.get("params") or {}
+            task = self._inflight.get((session.id, params.get("requestId")))
+            if task is not None:
+                task.cancel()
+        await _respond(send, 202, b"")
+
+    async def _legacy_request(
+        self, endpoint: Endpoint, message: dict[str, Any], headers: dict[str, str], receive: Receive, send: Send
+    ) -> None:
+        method, request_id = message["method"], message["id"]
+        params = message.get("params") or {}
+        if method == "initialize":
+            asked = params.get("protocolVersion")
+            version = asked if asked in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE
+            session = self.sessions.mint(version)
+            result: dict[str, Any] = {
+                "protocolVersion": version,
+                "capabilities": self.capabilities(modern=False),
+                "serverInfo": self.server_info,
+            }
+            if self.instructions:
+                result["instructions"] = self.instructions
+            body = orjson.dumps(jsonrpc_result(request_id, result))
+            await _respond(send, 200, body, json=True, extra=[(b"mcp-session-id", session.id.encode())])
+            return
+        session = self._session(headers)
+        session_header = [(b"mcp-session-id", session.id.encode())]
+        if method == "ping":
+            await _respond(send, 200, orjson.dumps(jsonrpc_result(request_id, {})), json=True, extra=session_header)
+            return
+        request = McpRequest(
+            endpoint=endpoint,
+            method=method,
+            params=params,
+            request_id=request_id,
+            protocol_version=session.protocol_version,
+        )
+        await self._run(request, receive, send, session_header, inflight_key=(session.id, request_id))
+
+    async def _modern_request(
+        self,
+        endpoint: Endpoint,
+        message: dict[str, Any],
+        scope: Scope,
+        headers: dict[str, str],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        request_id = message["id"]
+        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        duplicated = find_duplicated_routing_header(raw_headers)
+        if duplicated is not None:
+            raise _HttpError.rpc(400, HeaderMismatch(f"{duplicated} header appears more than once"), request_id)
+        verdict = classify_inbound_request(message, headers=headers)
+        if isinstance(verdict, InboundLadderRejection):
+            error = {"code": verdict.code, "message": verdict.message}
+            if verdict.data is not None:
+                error["data"] = verdict.data
+            body = {"jsonrpc": "2.0", "id": request_id, "error": error}
+            raise _HttpError(error_status(body, modern=True), body)
+        method = message["method"]
+        params = message.get("params") or {}
+        if method == "server/discover":
+            result: dict[str, Any] = {
+                "supportedVersions": list(MODERN_PROTOCOL_VERSIONS),
+                "capabilities": self.capabilities(modern=True),
+                "_meta": {"io.modelcontextprotocol/serverInfo": self.server_info},
+            }
+            if self.instructions:
+                result["instructions"] = self.instructions
+            result = shape_result(method, result, modern=True)
+            result["_meta"] = {"io.modelcontextprotocol/serverInfo": self.server_info}
+            await _respond(send, 200, orjson.dumps(jsonrpc_result(request_id, result)), json=True)
+            return
+        if method == "subscriptions/listen":
+            await self._listen(endpoint, request_id, params, headers, receive, send)
+            return
+        request = McpRequest(
+            endpoint=endpoint,
+            method=method,
+            params={k: v for k, v in params.items() if k != "_meta"} | _caller_meta(params),
+            request_id=request_id,
+            protocol_version=verdict.protocol_version,
+            client_info=verdict.client_info,
+            client_capabilities=verdict.client_capabilities,
+        )
+        await self._run(request, receive, send, [], inflight_key=None)
+
+    async def _run(
+        self,
+        request: McpRequest,
+        receive: Receive,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+        *,
+        inflight_key: tuple[str, Any] | None,
+    ) -> None:
+        """Run one request through the pipeline and write its answer, JSON or SSE."""
+        notes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def notify(method: str, params: Mapping[str, Any]) -> None:
+            await notes.put({"jsonrpc": "2.0", "method": method, "params": dict(params)})
+
+        request.notify = notify
+        task = asyncio.create_task(self._answer(request))
+        watcher = asyncio.create_task(_wait_disconnect(receive))
+        if inflight_key is not None:
+            self._inflight[inflight_key] = task
+        streaming = False
+        try:
+            while True:
+                getter = asyncio.ensure_future(notes.get())
+                done, _ = await asyncio.wait(
+                    {task, getter, watcher}, timeout=PING_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+                )
+                if watcher in done:
+                    # The client went away: for a 2026 client that is how it cancels (transports,
+                    # cancellation); either way nobody is left to answer.
+                    getter.cancel()
+                    task.cancel()
+                    return
+                if getter in done:
+                    if not streaming:
+                        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + extra})
+                        streaming = True
+                    await send({"type": "http.response.body", "body": sse_event(getter.result()), "more_body": True})
+                    continue
+                getter.cancel()
+                if task in done:
+                    break
+                if not streaming:
+                    await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + extra})
+                    streaming = True
+                await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+            response = task.result()
+            while not notes.empty():
+                await send({"type": "http.response.body", "body": sse_event(notes.get_nowait()), "more_body": True})
+            if streaming:
+                await send({"type": "http.response.body", "body": sse_event(response), "more_body": False})
+            else:
+                status = error_status(response, modern=request.modern)
+                await _respond(send, status, orjson.dumps(response), json=True, extra=extra)
+        finally:
+            watcher.cancel()
+            if inflight_key is not None:
+                self._inflight.pop(inflight_key, None)
+
+    async def _answer(self, request: McpRequest) -> dict[str, Any]:
+        try:
+            result = await self.pipeline(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return jsonrpc_error(request.request_id, exc)
+        return jsonrpc_result(request.request_id, shape_result(request.method, result, modern=request.modern))
+
+    # -- notification streams --------------------------------------------------------------------
+
+    async def _listen(
+        self,
+        endpoint: Endpoint,
+        request_id: Any,
+        params: Mapping[str, Any],
+        headers: dict[str, str],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        if "text/event-stream" not in headers.get("accept", ""):
+            raise _HttpError(406, None)
+        wanted = params.get("notifications") if isinstance(params.get("notifications"), dict) else {}
+        assert isinstance(wanted, dict)
+        honored = {
+            key: True for key in ("toolsListChanged", "resourcesListChanged", "promptsListChanged") if wanted.get(key)
+        }
+        kinds = frozenset(key.removesuffix("ListChanged") for key in honored)
+        meta = {"io.modelcontextprotocol/subscriptionId": request_id}
+        stream = Stream(endpoint.path, endpoint.server, kinds, subscription_id=request_id)
+        ack = {
+            "jsonrpc": "2.0",
+            "method": "notifications/subscriptions/acknowledged",
+            "params": {"notifications": honored, "_meta": meta},
+        }
+        await self._stream(stream, receive, send, [], first=ack)
+
+    async def _get(self, endpoint: Endpoint, headers: dict[str, str], receive: Receive, send: Send) -> None:
+        if headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS:
+            # 2026-07-28 has no standalone stream; subscriptions/listen replaces it.
+            raise _HttpError(405, None, [(b"allow", b"POST")])
+        if "text/event-stream" not in headers.get("accept", ""):
+            raise _HttpError(406, None)
+        session = self._session(headers)
+        stream = Stream(endpoint.path, endpoint.server, _LIST_KINDS)
+        await self._stream(stream, receive, send, [(b"mcp-session-id", session.id.encode())])
+
+    async def _stream(
+        self, stream: Stream, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]], first: Any = None
+    ) -> None:
+        self.streams.open(stream)
+        watcher = asyncio.create_task(_wait_disconnect(receive))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + extra})
+            await send({"type": "http.response.body", "body": sse_event(first) if first else b"", "more_body": True})
+            while True:
+                getter = asyncio.ensure_future(stream.queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, watcher}, timeout=PING_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+                )
+                if watcher in done:
+                    getter.cancel()
+                    return
+                if getter not in done:
+                    getter.cancel()
+                    await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+                    continue
+                message = getter.result()
+                if not message:
+                    break
+                await send({"type": "http.response.body", "body": sse_event(message), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            self.streams.close(stream)
+
+    async def _delete(self, headers: dict[str, str], send: Send) -> None:
+        session = self._session(headers)
+        self.sessions.terminate(session)
+        await _respond(send, 200, b"")
+
+    def _session(self, headers: dict[str, str]) -> Session:
+        session_id = headers.get("mcp-session-id")
+        if session_id is None:
+            raise _HttpError.rpc(400, BadRequest("Bad Request: Mcp-Session-Id header is required"))
+        session = self.sessions.check(session_id)
+        if session is None:
+            # Streamable HTTP, session management: an unknown session is a 404, so the client re-initializes.
+            raise _HttpError.rpc(404, SessionNotFound("Session not found"))
+        return session
+
+
+class _HttpError(Exception):
+    """An answer decided before any request handling: status, optional JSON body, headers."""
+
+    def __init__(self, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.status, self.body, self.headers = status, body, headers or []
+
+    @classmethod
+    def rpc(cls, status: int, error: PortalError, request_id: Any = None) -> _HttpError:
+        return cls(status, jsonrpc_error(request_id, error), [(b"content-type", b"application/json")])
+
+
+def _unsupported(requested: str) -> UnsupportedProtocolVersion:
+    return UnsupportedProtocolVersion(
+        "Unsupported protocol version",
+        supported=[*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS],
+        requested=requested,
+    )
+
+
+def _caller_meta(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep only the `_meta` keys that belong to the call (progress token), not the 2026 envelope."""
+    meta = params.get("_meta")
+    if not isinstance(meta, Mapping):
+        return {}
+    kept = {k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/")}
+    return {"_meta": kept} if kept else {}
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, *, json: bool = False, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [(b"content-length", str(len(body)).encode())]
+    if json:
+        headers.append((b"content-type", b"application/json"))
+    headers.extend(extra or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
