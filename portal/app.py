@@ -108,7 +108,7 @@ def create_app(settings: Settings) -> Starlette:
             database = "ok"
         except Exception as exc:
             database = f"unreachable: {type(exc).__name__}"
-        body = {"status": "ok" if database == "ok" else "unavailable", "database": database}
+        body: dict[str, Any] = {"status": "ok" if database == "ok" else "unavailable", "database": database}
         body["servers"] = dict(servers.health())
         return JSONResponse(body, status_code=200 if database == "ok" else 503)
 

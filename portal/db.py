@@ -18,7 +18,7 @@ import sqlite3
 from typing import Any
 
 import sqlalchemy
-from sqlalchemy import MetaData, event
+from sqlalchemy import Connection, MetaData, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
@@ -104,12 +104,33 @@ def insert_for(engine_or_dialect: Engine | str, table: Any) -> Any:
 def init_db(engine: Engine) -> None:
     """Create missing tables and seed the rows every portal expects; safe to call on every start."""
     tables = metadata()
+    if engine.dialect.name == "sqlite":
+        _init_sqlite(engine, tables)
+        return
     with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            # Replicas starting together would otherwise race on CREATE TABLE.
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INIT_LOCK_KEY})
-        tables.create_all(connection)
-        for module in TABLE_MODULES:
-            seed = getattr(importlib.import_module(module), "seed_rows", None)
-            if seed is not None:
-                seed(connection)
+        # Replicas starting together would otherwise race on CREATE TABLE.
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INIT_LOCK_KEY})
+        _create(connection, tables)
+
+
+def _init_sqlite(engine: Engine, tables: MetaData) -> None:
+    # pysqlite runs DDL outside any transaction, so a portal and a CLI opening a new file at the
+    # same moment could both try CREATE TABLE. SQLite DDL is transactional: take the write lock
+    # first (BEGIN IMMEDIATE; the busy timeout makes the others wait), then check and create.
+    with engine.connect() as raw:
+        connection = raw.execution_options(isolation_level="AUTOCOMMIT")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            _create(connection, tables)
+        except BaseException:
+            connection.exec_driver_sql("ROLLBACK")
+            raise
+        connection.exec_driver_sql("COMMIT")
+
+
+def _create(connection: Connection, tables: MetaData) -> None:
+    tables.create_all(connection)
+    for module in TABLE_MODULES:
+        seed = getattr(importlib.import_module(module), "seed_rows", None)
+        if seed is not None:
+            seed(connection)

@@ -24,7 +24,9 @@ def dumps(data: Mapping[str, Any], *, header: str = "") -> str:
     if lines:
         lines.append("")
     _table(lines, data, nested=False)
-    return "\n".join(lines).strip("\n") + "\n"
+    text = "\n".join(lines).strip("\n") + "\n"
+    # Each table starts with a blank line; one after the header is enough.
+    return re.sub(r"\n{3,}", "\n\n", text)
 
 
 def _is_table(value: Any) -> bool:

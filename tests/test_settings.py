@@ -32,7 +32,7 @@ def test_the_file_and_the_environment_make_one_frozen_settings_object(tmp_path: 
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ('[portal]\nbogus = 1\n', "unknown keys bogus"),
+        ("[portal]\nbogus = 1\n", "unknown keys bogus"),
         ('[[servers]]\nname = "Bad_Name"\nurl = "http://x"\n', "must match"),
         ('[[servers]]\nname = "a"\nurl = "http://x"\nmodule = "m"\n', "exactly one of"),
         ('[[servers]]\nname = "a"\n', "exactly one of"),

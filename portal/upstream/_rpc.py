@@ -208,6 +208,9 @@ class RpcConnector(EraNegotiation):
     def _forget(self, call: Call) -> None:
         self._pending.pop(call.id, None)
         self._progress.pop(call.id, None)
+        future = call.future
+        if future is not None and future.done() and not future.cancelled():
+            future.exception()  # failed by `_mark_closed` after its caller stopped waiting: not worth a warning
 
     def _abandon(self, call: Call, reason: str) -> None:
         if call.method not in _NOT_CANCELLABLE and not self.closed:
@@ -224,7 +227,11 @@ class RpcConnector(EraNegotiation):
         meta = dict(meta) if isinstance(meta, Mapping) else {}
         if modern:
             # MCP 2026-07-28 basic#per-request-protocol-fields: every request carries the envelope.
+            # The gateway may pass a 2026-era client's own capabilities, which then stand.
+            capabilities = meta.get(CLIENT_CAPABILITIES_META_KEY)
             meta.update(self._envelope)
+            if capabilities is not None:
+                meta[CLIENT_CAPABILITIES_META_KEY] = capabilities
         else:
             # A handshake-era server refuses requests that carry the 2026 envelope (the SDK answers
             # INVALID_REQUEST), and a client of the portal may have sent one.
@@ -270,7 +277,8 @@ class RpcConnector(EraNegotiation):
 
     async def _route_notification(self, method: str, params: dict[str, Any], call: Call | None) -> None:
         if method == "notifications/progress":
-            owner = self._progress.get(params.get("progressToken"))  # type: ignore[arg-type]
+            token = params.get("progressToken")
+            owner = self._progress.get(token) if isinstance(token, int | str) else None
             if owner is not None and owner.on_notification is not None:
                 await self._call_handler(owner.on_notification, method, {**params, "progressToken": owner.caller_token})
             return

@@ -9,6 +9,7 @@ framing, no handshake, but the same request handling as over the wire.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import logging
 from collections.abc import Mapping
@@ -36,11 +37,20 @@ __all__ = ["HostedConnector", "load_hosted_server"]
 logger = logging.getLogger(__name__)
 
 MODERN = "2026-07-28"
+_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 _ENVELOPE = {
     "io.modelcontextprotocol/protocolVersion": MODERN,
     "io.modelcontextprotocol/clientCapabilities": {},
     "io.modelcontextprotocol/clientInfo": CLIENT_INFO,
 }
+
+
+_request_relay: contextvars.ContextVar[NotificationHandler | None] = contextvars.ContextVar(
+    "hosted_request_relay", default=None
+)
+"""The `on_notification` of the request being served. The in-process dispatcher runs the server's
+handler in the caller's task and delivers its notifications there too, so a notification sent
+while this is set belongs to that request (as one on its response stream would over HTTP)."""
 
 
 def load_hosted_server(module: str) -> Server[Any]:
@@ -106,6 +116,10 @@ class HostedConnector:
         return self.info
 
     async def _notified(self, _ctx: Any, method: str, params: Mapping[str, Any] | None) -> None:
+        relay = _request_relay.get()
+        if relay is not None and method == "notifications/message":
+            await relay(method, params or {})
+            return
         if self.on_notification is not None and method != "notifications/subscriptions/acknowledged":
             await self.on_notification(method, params or {})
 
@@ -137,6 +151,9 @@ class HostedConnector:
         # In process there is no shared session, so the caller's token cannot collide;
         # the dispatcher hands progress to a callback rather than to a token.
         out["_meta"] = {**caller_meta, **_ENVELOPE, **({"progressToken": token} if token is not None else {})}
+        if _CAPABILITIES in caller_meta:
+            # A 2026-era client's own capabilities: the server may ask it for input through the portal.
+            out["_meta"][_CAPABILITIES] = caller_meta[_CAPABILITIES]
         opts: dict[str, Any] = {"timeout": timeout}
         if token is not None and on_notification is not None:
 
@@ -149,6 +166,7 @@ class HostedConnector:
                 await on_notification("notifications/progress", note)
 
             opts["on_progress"] = progress
+        relay_token = _request_relay.set(on_notification)
         try:
             return await self._client.send_raw_request(method, out, opts)  # type: ignore[arg-type]
         except MCPError as exc:
@@ -157,6 +175,8 @@ class HostedConnector:
             raise UpstreamRejected(self.name, exc.code, exc.error.message, exc.error.data) from None
         except Exception as exc:
             raise UpstreamProtocolError(self.name, f"failed: {type(exc).__name__}") from None
+        finally:
+            _request_relay.reset(relay_token)
 
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None

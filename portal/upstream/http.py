@@ -38,7 +38,7 @@ logger = logging.getLogger("portal.upstream.http")
 _ACCEPT: Final = "application/json, text/event-stream"
 _MAX_RESUMPTIONS: Final = 3
 _MAX_ERROR_BODY: Final = 1 << 20
-_STREAM_END_WAIT: Final = 0.05
+_DRAIN_TIMEOUT: Final = 5.0
 _listen_ids = itertools.count(1)
 
 
@@ -235,7 +235,10 @@ class HttpConnector(RpcConnector):
     async def _send(self, method: str, headers: Mapping[str, str], body: bytes | None = None) -> aiohttp.ClientResponse:
         http = self._http
         if http is None or http.closed:
-            raise UpstreamUnavailable(self.name, self._closed_cause)
+            cause = (
+                self._closed_cause if self.closed or http is None else "cannot be reached: its HTTP session is closed"
+            )
+            raise UpstreamUnavailable(self.name, cause)
         try:
             return await http.request(method, self.url, data=body, headers=headers, allow_redirects=False)
         except aiohttp.ClientError as exc:
@@ -251,6 +254,9 @@ class HttpConnector(RpcConnector):
         try:
             if response.status >= 300:
                 raise await self._refusal(response)
+            if response.status == 202:
+                # basic/transports#sending-messages: 202 answers notifications; a request needs a response.
+                raise UpstreamProtocolError(self.name, "answered a request with 202 Accepted and no response")
             if response.content_type == "application/json":
                 message = await self.deliver(self._decode(await self._read(response)), call)
                 if message is None:
@@ -258,8 +264,6 @@ class HttpConnector(RpcConnector):
                 return message
             if response.content_type == "text/event-stream":
                 return await self._answer_stream(response, call)
-            if response.status == 202:
-                raise UpstreamProtocolError(self.name, "answered a request with 202 Accepted and no response")
             raise UpstreamProtocolError(self.name, f"answered {response.content_type}, not MCP")
         except BaseException:
             response.close()
@@ -324,14 +328,19 @@ class HttpConnector(RpcConnector):
 
     async def _finish(self, response: aiohttp.ClientResponse) -> None:
         """Give the connection back to the pool, once the end of the stream (due right after the answer) is read."""
-        if not response.content.at_eof():
-            try:
-                async with asyncio.timeout(_STREAM_END_WAIT):
-                    while await response.content.readany():
-                        pass
-            except (TimeoutError, aiohttp.ClientError):
-                response.close()
-                return
+        if response.content.at_eof():
+            response.release()
+        else:
+            self._spawn(self._drain(response))
+
+    async def _drain(self, response: aiohttp.ClientResponse) -> None:
+        try:
+            async with asyncio.timeout(_DRAIN_TIMEOUT):
+                while await response.content.readany():
+                    pass
+        except (TimeoutError, aiohttp.ClientError):
+            response.close()
+            return
         response.release()
 
     async def _read(self, response: aiohttp.ClientResponse, limit: int | None = None) -> bytes:

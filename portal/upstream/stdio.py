@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -152,22 +153,21 @@ class StdioConnector(RpcConnector):
         """Stop the process (MCP basic/lifecycle#shutdown for stdio); idempotent."""
         self._mark_closed("is shut down")
         proc, stdin = self._proc, self._stdin
-        if proc is not None and proc.returncode is None:
-            # The spec's order: close stdin and let it exit, then SIGTERM, then SIGKILL.
-            if stdin is not None and not stdin.is_closing():
-                stdin.close()
-            for sig in (None, signal.SIGTERM, signal.SIGKILL):
-                if sig is not None:
+        if proc is not None:
+            if proc.returncode is None:
+                # The spec's order: close stdin and let it exit, then SIGTERM, then SIGKILL.
+                if stdin is not None and not stdin.is_closing():
+                    stdin.close()
+                for sig in (None, signal.SIGTERM, signal.SIGKILL):
+                    if sig is not None:
+                        _signal_group(proc.pid, sig)
                     try:
-                        os.killpg(proc.pid, sig)
-                    except ProcessLookupError:
+                        async with asyncio.timeout(self._grace):
+                            await proc.wait()
                         break
-                try:
-                    async with asyncio.timeout(self._grace):
-                        await proc.wait()
-                    break
-                except TimeoutError:
-                    continue
+                    except TimeoutError:
+                        continue
+            _signal_group(proc.pid, signal.SIGTERM)  # what it started and left behind
         await self._cancel_tasks()
 
     # -- wire ----------------------------------------------------------------------------
@@ -273,17 +273,15 @@ class StdioConnector(RpcConnector):
         if self.closed:
             return
         try:
+            # wait() also waits for stderr to close, which a child of the server may hold open.
             async with asyncio.timeout(self._grace):
-                code = await proc.wait()
+                await proc.wait()
         except TimeoutError:
-            self._mark_closed("closed its stdout")
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-            return
-        if code < 0:
+            pass
+        code = proc.returncode
+        if code is None:
+            cause = "closed its stdout"
+        elif code < 0:
             try:
                 cause = f"was killed by signal {signal.Signals(-code).name}"
             except ValueError:
@@ -292,6 +290,7 @@ class StdioConnector(RpcConnector):
             cause = f"exited with status {code}"
         logger.info("%s %s", self.name, cause)
         self._mark_closed(cause)
+        _signal_group(proc.pid, signal.SIGKILL if code is None else signal.SIGTERM)
 
     async def _read_stderr(self, stderr: asyncio.StreamReader) -> None:
         buffer = bytearray()
@@ -307,3 +306,9 @@ class StdioConnector(RpcConnector):
             text = buffer.decode("utf-8", "replace").rstrip()
             self._stderr.append(text)
             logger.debug("%s stderr: %s", self.name, text)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group the server leads (it was started as a session of its own)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
+        os.killpg(pid, sig)

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from upstream_support import ERAS, Demo, InMemoryEventStore, Notes, Recorder, Seen, expected_era, serve
+from upstream_support import ERAS, Demo, Era, InMemoryEventStore, Notes, Recorder, Seen, expected_era, serve
 
 from portal.errors import UpstreamProtocolError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from portal.upstream.base import Connector
@@ -25,8 +25,8 @@ ENVELOPE_KEYS = {
 }
 
 
-async def started(closing: Closing, url: str, protocol: str = "auto", **options: Any) -> HttpConnector:
-    connector = closing(HttpConnector("demo", url, protocol=protocol, **options))  # type: ignore[arg-type]
+async def started(closing: Closing, url: str, protocol: Era = "auto", **options: Any) -> HttpConnector:
+    connector = closing(HttpConnector("demo", url, protocol=protocol, **options))
     await connector.start()
     return connector
 
@@ -53,7 +53,7 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_start_negotiates_the_era_the_portal_asks_for(demo: Demo, closing: Closing, protocol: str) -> None:
+async def test_start_negotiates_the_era_the_portal_asks_for(demo: Demo, closing: Closing, protocol: Era) -> None:
     connector = await started(closing, demo.url, protocol)
 
     assert isinstance(connector, Connector)
@@ -99,11 +99,62 @@ async def test_a_2026_only_connector_refuses_a_handshake_only_server(demo: Demo,
         await started(closing, demo.url, "2026-07-28")
 
 
+def scripted_server(discover: dict[str, Any]) -> Recorder:
+    """A server that answers `server/discover` with `discover` and speaks the handshake era otherwise."""
+    initialized = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "old"}}
+
+    def answer(seen: Seen) -> tuple[int, str, bytes]:
+        if seen.method != "POST":
+            return 405, "application/json", b""
+        if "id" not in seen.body:
+            return 202, "application/json", b""
+        if seen.rpc_method == "initialize":
+            reply = {"jsonrpc": "2.0", "id": seen.body["id"], "result": initialized}
+        elif seen.rpc_method == "server/discover":
+            reply = {"jsonrpc": "2.0", "id": seen.body["id"], **discover}
+        else:
+            reply = {"jsonrpc": "2.0", "id": seen.body["id"], "result": {"tools": []}}
+        return 200, "application/json", json.dumps(reply).encode()
+
+    return Recorder(app=None, intercept=answer)
+
+
+def unsupported(*versions: str) -> dict[str, Any]:
+    data = {"supported": list(versions), "requested": "2026-07-28"}
+    return {"error": {"code": -32022, "message": "Unsupported protocol version", "data": data}}
+
+
+@pytest.mark.parametrize(
+    "discover",
+    [
+        {"result": {"supportedVersions": ["2025-06-18"], "capabilities": {}}},
+        {"result": {"something": "else"}},
+        unsupported("2025-11-25", "2099-01-01"),
+        {"error": {"code": -32601, "message": "Method not found"}},
+    ],
+    ids=["advertises-only-handshake-versions", "not-a-discover-result", "unsupported-but-handshakes", "unknown-method"],
+)
+async def test_auto_takes_anything_but_modern_evidence_as_a_handshake_server(
+    closing: Closing, discover: dict[str, Any]
+) -> None:
+    async with serve(scripted_server(discover)) as running:
+        connector = await started(closing, running.url, "auto")
+
+        assert connector.info is not None and connector.info.protocol_version == "2025-11-25"
+        assert connector.info.server_info == {"name": "old"}
+
+
+async def test_auto_gives_up_on_a_server_that_speaks_only_versions_the_portal_does_not(closing: Closing) -> None:
+    async with serve(scripted_server(unsupported("2099-01-01"))) as running:
+        with pytest.raises(UpstreamUnavailable, match="speaks only protocol versions 2099-01-01"):
+            await started(closing, running.url, "auto")
+
+
 # -- requests -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_tools_are_listed_and_called_with_structured_output(demo: Demo, closing: Closing, protocol: str) -> None:
+async def test_tools_are_listed_and_called_with_structured_output(demo: Demo, closing: Closing, protocol: Era) -> None:
     connector = await started(closing, demo.url, protocol)
 
     listed = await connector.request("tools/list", None, timeout=5)
@@ -115,7 +166,7 @@ async def test_tools_are_listed_and_called_with_structured_output(demo: Demo, cl
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_resources_and_prompts_are_relayed(demo: Demo, closing: Closing, protocol: str) -> None:
+async def test_resources_and_prompts_are_relayed(demo: Demo, closing: Closing, protocol: Era) -> None:
     connector = await started(closing, demo.url, protocol)
 
     resources = await connector.request("resources/list", {}, timeout=5)
@@ -130,7 +181,7 @@ async def test_resources_and_prompts_are_relayed(demo: Demo, closing: Closing, p
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_json_rpc_errors_keep_their_code_and_message(demo: Demo, closing: Closing, protocol: str) -> None:
+async def test_json_rpc_errors_keep_their_code_and_message(demo: Demo, closing: Closing, protocol: Era) -> None:
     connector = await started(closing, demo.url, protocol)
 
     with pytest.raises(UpstreamRejected) as caught:
@@ -142,7 +193,7 @@ async def test_json_rpc_errors_keep_their_code_and_message(demo: Demo, closing: 
 
 @pytest.mark.parametrize("protocol", ERAS)
 async def test_progress_notifications_reach_the_caller_with_its_own_token(
-    demo: Demo, closing: Closing, protocol: str
+    demo: Demo, closing: Closing, protocol: Era
 ) -> None:
     connector = await started(closing, demo.url, protocol)
     first, second = Notes(), Notes()
@@ -163,8 +214,8 @@ async def test_progress_notifications_reach_the_caller_with_its_own_token(
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_other_notifications_of_a_request_reach_that_request(demo: Demo, closing: Closing, protocol: str) -> None:
-    connector = closing(HttpConnector("demo", demo.url, protocol=protocol))  # type: ignore[arg-type]
+async def test_other_notifications_of_a_request_reach_that_request(demo: Demo, closing: Closing, protocol: Era) -> None:
+    connector = closing(HttpConnector("demo", demo.url, protocol=protocol))
     unsolicited, mine = Notes(), Notes()
     connector.on_notification = unsolicited
     await connector.start()
@@ -178,8 +229,8 @@ async def test_other_notifications_of_a_request_reach_that_request(demo: Demo, c
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_tool_list_changes_reach_on_notification(demo: Demo, closing: Closing, protocol: str) -> None:
-    connector = closing(HttpConnector("demo", demo.url, protocol=protocol))  # type: ignore[arg-type]
+async def test_tool_list_changes_reach_on_notification(demo: Demo, closing: Closing, protocol: Era) -> None:
+    connector = closing(HttpConnector("demo", demo.url, protocol=protocol))
     notes = Notes()
     connector.on_notification = notes
     await connector.start()
@@ -195,13 +246,33 @@ async def test_tool_list_changes_reach_on_notification(demo: Demo, closing: Clos
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_the_liveness_probe_of_each_era_is_answered(demo: Demo, closing: Closing, protocol: str) -> None:
+async def test_the_liveness_probe_of_each_era_is_answered(demo: Demo, closing: Closing, protocol: Era) -> None:
     connector = await started(closing, demo.url, protocol)
     modern = expected_era(protocol) == "2026-07-28"
 
     answer = await connector.request("server/discover" if modern else "ping", None, timeout=5)
 
     assert ("supportedVersions" in answer) == modern
+
+
+@pytest.mark.parametrize("protocol", ERAS)
+async def test_a_dropped_notification_stream_is_reopened_and_the_owner_told_to_refetch(
+    start_demo: Any, closing: Closing, protocol: Era
+) -> None:
+    demo = await start_demo(event_store=InMemoryEventStore())  # lets the server drop the GET stream
+    connector = closing(HttpConnector("demo", demo.url, protocol=protocol))
+    notes = Notes()
+    connector.on_notification = notes
+    await connector.start()
+    await asyncio.wait_for(connector.listening.wait(), 5)
+
+    await connector.request("tools/call", {"name": "drop_streams", "arguments": {}}, timeout=5)
+    # Whatever changed while the stream was down is lost, so the owner hears of every list.
+    await notes.wait_for("notifications/prompts/list_changed")
+    await asyncio.wait_for(connector.listening.wait(), 5)
+    await connector.request("tools/call", {"name": "grow", "arguments": {"name": "late"}}, timeout=5)
+
+    assert len(await notes.wait_for("notifications/tools/list_changed", count=2)) == 2
 
 
 # -- cancellation and failure ---------------------------------------------------------------
@@ -222,7 +293,7 @@ async def call_and_wait_until_running(connector: HttpConnector) -> asyncio.Task[
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_cancelling_the_caller_cancels_the_upstream_call(demo: Demo, closing: Closing, protocol: str) -> None:
+async def test_cancelling_the_caller_cancels_the_upstream_call(demo: Demo, closing: Closing, protocol: Era) -> None:
     connector = await started(closing, demo.url, protocol)
     call = await call_and_wait_until_running(connector)
 
@@ -238,7 +309,7 @@ async def test_cancelling_the_caller_cancels_the_upstream_call(demo: Demo, closi
 
 @pytest.mark.parametrize("protocol", ERAS)
 async def test_a_call_that_takes_too_long_times_out_and_is_cancelled_upstream(
-    demo: Demo, closing: Closing, protocol: str
+    demo: Demo, closing: Closing, protocol: Era
 ) -> None:
     connector = await started(closing, demo.url, protocol)
 
@@ -250,7 +321,7 @@ async def test_a_call_that_takes_too_long_times_out_and_is_cancelled_upstream(
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_an_upstream_dying_mid_call_fails_the_call_promptly(demo: Demo, closing: Closing, protocol: str) -> None:
+async def test_an_upstream_dying_mid_call_fails_the_call_promptly(demo: Demo, closing: Closing, protocol: Era) -> None:
     connector = await started(closing, demo.url, protocol)
     call = await call_and_wait_until_running(connector)
 
@@ -263,20 +334,20 @@ async def test_an_upstream_dying_mid_call_fails_the_call_promptly(demo: Demo, cl
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_an_unreachable_server_is_reported_as_connection_refused(closing: Closing, protocol: str) -> None:
+async def test_an_unreachable_server_is_reported_as_connection_refused(closing: Closing, protocol: Era) -> None:
     with pytest.raises(UpstreamUnavailable, match="server 'demo' is unreachable: connection refused"):
         await started(closing, f"http://127.0.0.1:{free_port()}/mcp", protocol)
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_a_server_answering_html_is_a_protocol_error(closing: Closing, protocol: str) -> None:
+async def test_a_server_answering_html_is_a_protocol_error(closing: Closing, protocol: Era) -> None:
     async with serve(html_app()) as running:
         with pytest.raises(UpstreamProtocolError, match="answered text/html, not MCP"):
             await started(closing, running.url, protocol)
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_html_in_place_of_an_answer_is_a_protocol_error(demo: Demo, closing: Closing, protocol: str) -> None:
+async def test_html_in_place_of_an_answer_is_a_protocol_error(demo: Demo, closing: Closing, protocol: Era) -> None:
     connector = await started(closing, demo.url, protocol)
     demo.recorder.intercept = lambda seen: (
         (200, "text/html", b"<html>maintenance</html>") if seen.rpc_method == "tools/list" else None

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from upstream_support import DEMO_SCRIPT, ERAS, LogWatch, Notes, expected_era
+from upstream_support import DEMO_SCRIPT, ERAS, Era, LogWatch, Notes, expected_era
 
 from portal.errors import UpstreamProtocolError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from portal.upstream.base import Connector
@@ -48,10 +48,10 @@ async def shared() -> AsyncIterator[Callable[[str], Awaitable[StdioConnector]]]:
     """`await shared(protocol)`: a running demo server for tests that do not stop it."""
     running: dict[str, StdioConnector] = {}
 
-    async def get(protocol: str) -> StdioConnector:
+    async def get(protocol: Era) -> StdioConnector:
         connector = running.get(protocol)
         if connector is None or connector.closed:
-            connector = running[protocol] = StdioConnector("demo", sys.executable, [DEMO_SCRIPT], protocol=protocol)  # type: ignore[arg-type]
+            connector = running[protocol] = StdioConnector("demo", sys.executable, [DEMO_SCRIPT], protocol=protocol)
             await connector.start()
         connector.on_notification = None
         return connector
@@ -67,11 +67,11 @@ async def start() -> AsyncIterator[Starter]:
     connectors: list[StdioConnector] = []
 
     async def make(
-        protocol: str = "auto", *args: str, script: list[str] | None = None, **options: Any
+        protocol: Era = "auto", *args: str, script: list[str] | None = None, **options: Any
     ) -> StdioConnector:
         argv = script if script is not None else [DEMO_SCRIPT, *args]
         defer = options.pop("defer", False)
-        connector = StdioConnector("demo", sys.executable, argv, protocol=protocol, **options)  # type: ignore[arg-type]
+        connector = StdioConnector("demo", sys.executable, argv, protocol=protocol, **options)
         connectors.append(connector)
         if not defer:
             await connector.start()
@@ -100,7 +100,7 @@ async def call_and_wait_until_running(connector: StdioConnector, timeout: float 
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_start_negotiates_the_era_the_portal_asks_for(shared: Shared, protocol: str) -> None:
+async def test_start_negotiates_the_era_the_portal_asks_for(shared: Shared, protocol: Era) -> None:
     connector = await shared(protocol)
 
     assert isinstance(connector, Connector)
@@ -129,7 +129,7 @@ async def test_a_2026_only_connector_refuses_a_handshake_only_server(start: Star
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_tools_are_listed_and_called_with_structured_output(shared: Shared, protocol: str) -> None:
+async def test_tools_are_listed_and_called_with_structured_output(shared: Shared, protocol: Era) -> None:
     connector = await shared(protocol)
 
     listed = await connector.request("tools/list", None, timeout=5)
@@ -140,7 +140,7 @@ async def test_tools_are_listed_and_called_with_structured_output(shared: Shared
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_resources_and_prompts_are_relayed(shared: Shared, protocol: str) -> None:
+async def test_resources_and_prompts_are_relayed(shared: Shared, protocol: Era) -> None:
     connector = await shared(protocol)
 
     read = await connector.request("resources/read", {"uri": "demo://greeting"}, timeout=5)
@@ -153,7 +153,7 @@ async def test_resources_and_prompts_are_relayed(shared: Shared, protocol: str) 
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_json_rpc_errors_keep_their_code_and_message(shared: Shared, protocol: str) -> None:
+async def test_json_rpc_errors_keep_their_code_and_message(shared: Shared, protocol: Era) -> None:
     connector = await shared(protocol)
 
     with pytest.raises(UpstreamRejected) as caught:
@@ -164,7 +164,7 @@ async def test_json_rpc_errors_keep_their_code_and_message(shared: Shared, proto
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_progress_notifications_reach_the_caller_with_its_own_token(shared: Shared, protocol: str) -> None:
+async def test_progress_notifications_reach_the_caller_with_its_own_token(shared: Shared, protocol: Era) -> None:
     connector = await shared(protocol)
     first, second = Notes(), Notes()
     params = {"name": "count", "arguments": {"steps": 3}, "_meta": {"progressToken": 7}}
@@ -181,7 +181,7 @@ async def test_progress_notifications_reach_the_caller_with_its_own_token(shared
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_tool_list_changes_reach_on_notification(shared: Shared, protocol: str) -> None:
+async def test_tool_list_changes_reach_on_notification(shared: Shared, protocol: Era) -> None:
     connector = await shared(protocol)
     notes = Notes()
     connector.on_notification = notes
@@ -196,7 +196,7 @@ async def test_tool_list_changes_reach_on_notification(shared: Shared, protocol:
 
 @pytest.mark.parametrize("protocol", ERAS)
 async def test_log_messages_reach_on_notification_since_a_pipe_cannot_tell_their_request(
-    shared: Shared, protocol: str
+    shared: Shared, protocol: Era
 ) -> None:
     connector = await shared(protocol)
     notes = Notes()
@@ -207,6 +207,20 @@ async def test_log_messages_reach_on_notification_since_a_pipe_cannot_tell_their
 
     [log] = await notes.wait_for("notifications/message")
     assert log["data"] == "working on it"
+
+
+async def test_a_gracefully_ended_subscription_is_reopened_and_the_owner_told_to_refetch(shared: Shared) -> None:
+    connector = await shared("2026-07-28")
+    notes = Notes()
+    connector.on_notification = notes
+    await asyncio.wait_for(connector.listening.wait(), 5)
+
+    await connector.request("tools/call", {"name": "drop_streams", "arguments": {}}, timeout=5)
+    await notes.wait_for("notifications/prompts/list_changed")
+    await asyncio.wait_for(connector.listening.wait(), 5)
+    await connector.request("tools/call", {"name": "grow", "arguments": {"name": "late"}}, timeout=5)
+
+    assert len(await notes.wait_for("notifications/tools/list_changed", count=2)) == 2
 
 
 async def test_server_requests_are_refused_except_ping(shared: Shared) -> None:
@@ -221,7 +235,7 @@ async def test_server_requests_are_refused_except_ping(shared: Shared) -> None:
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_cancelling_the_caller_cancels_the_upstream_call(shared: Shared, protocol: str) -> None:
+async def test_cancelling_the_caller_cancels_the_upstream_call(shared: Shared, protocol: Era) -> None:
     with LogWatch("portal.upstream.stdio") as log:
         connector = await shared(protocol)
         call = await call_and_wait_until_running(connector)
@@ -235,7 +249,7 @@ async def test_cancelling_the_caller_cancels_the_upstream_call(shared: Shared, p
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_a_call_that_takes_too_long_times_out_and_is_cancelled_upstream(shared: Shared, protocol: str) -> None:
+async def test_a_call_that_takes_too_long_times_out_and_is_cancelled_upstream(shared: Shared, protocol: Era) -> None:
     with LogWatch("portal.upstream.stdio") as log:
         connector = await shared(protocol)
 
@@ -247,7 +261,7 @@ async def test_a_call_that_takes_too_long_times_out_and_is_cancelled_upstream(sh
 
 
 @pytest.mark.parametrize("protocol", ERAS)
-async def test_an_upstream_killed_mid_call_fails_the_call_promptly(start: Starter, protocol: str) -> None:
+async def test_an_upstream_killed_mid_call_fails_the_call_promptly(start: Starter, protocol: Era) -> None:
     connector = await start(protocol)
     call = await call_and_wait_until_running(connector)
 

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, Field
@@ -109,6 +110,19 @@ def build_server(state: DemoState | None = None) -> MCPServer:
     async def has_env(name: str) -> bool:
         """Whether the process sees environment variable `name`."""
         return name in os.environ
+
+    @server.tool()
+    async def drop_streams(ctx: Context) -> str:
+        """End the client's notification stream: the GET stream (2025) or every listen stream (2026)."""
+        if ctx.request_context.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            entry = server._lowlevel_server.get_request_handler("subscriptions/listen")
+            assert entry is not None and isinstance(entry.handler, ListenHandler)
+            entry.handler.close()
+        else:
+            close = ctx.request_context.close_standalone_sse_stream
+            assert close is not None, "the handshake era has a GET stream only over HTTP"
+            await close()
+        return "dropped"
 
     @server.tool()
     async def exit_now(code: int) -> str:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
@@ -25,6 +25,7 @@ __all__ = [
     "DEMO_SCRIPT",
     "ERAS",
     "Demo",
+    "Era",
     "InMemoryEventStore",
     "LogWatch",
     "Notes",
@@ -38,11 +39,13 @@ __all__ = [
 DEMO_SCRIPT = str(Path(__file__).with_name("upstream_demo_server.py"))
 """The demo server as a stdio script: `[sys.executable, DEMO_SCRIPT, ...]`."""
 
-ERAS = ["2025-11-25", "2026-07-28", "auto"]
+Era = Literal["auto", "2025-11-25", "2026-07-28"]
+
+ERAS: list[Era] = ["2025-11-25", "2026-07-28", "auto"]
 """Every `protocol=` a connector takes; against the SDK servers `auto` lands on 2026-07-28."""
 
 
-def expected_era(protocol: str) -> str:
+def expected_era(protocol: Era) -> str:
     return "2026-07-28" if protocol == "auto" else protocol
 
 
