@@ -44,7 +44,6 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 CONNECTION_CLOSED = -32000
 REQUEST_TIMEOUT = -32001
-RESOURCE_NOT_FOUND = -32002
 HEADER_MISMATCH = -32020
 UNSUPPORTED_PROTOCOL_VERSION = -32022
 # Implementation-defined server errors live in -32099..-32000 (JSON-RPC 2.0 §5.1);
@@ -157,10 +156,9 @@ class UnknownTool(NotFound):
 
 
 class UnknownResource(NotFound):
-    """SEP-2164: reading a resource nobody serves is "resource not found"."""
+    """SEP-2164: reading a resource nobody serves is invalid params (-32602), not the retired -32002."""
 
     code = "unknown_resource"
-    jsonrpc_code = RESOURCE_NOT_FOUND
 
 
 class UpstreamError(PortalError):

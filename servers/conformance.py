@@ -37,7 +37,9 @@ from typing import Annotated, Any
 
 import anyio
 from mcp.server import ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import Context, Elicit, ElicitationResult, MCPServer, Resolve, Sample
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.prompts.base import Message, UserMessage
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
@@ -73,6 +75,7 @@ from mcp.types import (
     UnsubscribeRequestParams,
 )
 from mcp.types import AudioContent as AudioBlock
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 
@@ -217,6 +220,24 @@ server: MCPServer[Any] = MCPServer(
     instructions="Fixtures for the MCP conformance suite: test_* tools, test:// resources and test_* prompts.",
     tools=[_tool_with_schema(json_schema_2020_12_tool, JSON_SCHEMA_2020_12)],
 )
+
+
+def _announce_list_changes(notification_options: NotificationOptions | None = None, *args: Any, **kwargs: Any) -> Any:
+    """The handshake-era `initialize` options, declaring `listChanged` for tools, prompts and resources.
+
+    `test_trigger_tool_change` and `test_trigger_prompt_change` do change the lists, and a client (such as the
+    portal, which re-lists a server when told) only listens for changes a server declares. The SDK takes
+    these flags from `NotificationOptions`, which `streamable_http_app` leaves at "none"; at 2026-07-28 it
+    derives them from `subscriptions/listen` instead.
+    """
+    options = notification_options or NotificationOptions(
+        prompts_changed=True, resources_changed=True, tools_changed=True
+    )
+    return _lowlevel_initialization_options(options, *args, **kwargs)
+
+
+_lowlevel_initialization_options = server._lowlevel_server.create_initialization_options
+server._lowlevel_server.create_initialization_options = _announce_list_changes  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -526,21 +547,35 @@ def _dynamic() -> str:
 
 @server.tool()
 async def test_trigger_tool_change(ctx: Context) -> str:
-    """Adds and removes `test_dynamic_tool`, then announces that the tool list changed."""
-    server.add_tool(_dynamic, name="test_dynamic_tool", description="Short-lived dynamic tool.")
-    server.remove_tool("test_dynamic_tool")
+    """Adds `test_dynamic_tool` (or removes it, if an earlier call added it), then announces the change.
+
+    The change is real, one call adding and the next removing, so an intermediary that re-lists before passing
+    the notification on (the portal does) sees a different list and passes it on.
+    """
+    try:
+        server.remove_tool("test_dynamic_tool")
+    except ToolError:
+        server.add_tool(_dynamic, name="test_dynamic_tool", description="Short-lived dynamic tool.")
     await ctx.notify_tools_changed()
+    if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        # The context's notify reaches `subscriptions/listen` streams only; a handshake-era session hears
+        # of the change on its own stream.
+        await ctx.session.send_tool_list_changed()
     return "tool list changed"
 
 
 @server.tool()
 async def test_trigger_prompt_change(ctx: Context) -> str:
-    """Adds and removes `test_dynamic_prompt`, then announces that the prompt list changed."""
+    """Adds `test_dynamic_prompt` (or removes it, if an earlier call added it), then announces the change."""
     from mcp.server.mcpserver.prompts import Prompt
 
-    server.add_prompt(Prompt.from_function(_dynamic, name="test_dynamic_prompt", description="Short-lived prompt."))
-    server.remove_prompt("test_dynamic_prompt")
+    try:
+        server.remove_prompt("test_dynamic_prompt")
+    except ValueError:
+        server.add_prompt(Prompt.from_function(_dynamic, name="test_dynamic_prompt", description="Short-lived prompt."))
     await ctx.notify_prompts_changed()
+    if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        await ctx.session.send_prompt_list_changed()
     return "prompt list changed"
 
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_SCRIPT = REPO_ROOT / ".ci" / "node.sh"
@@ -126,17 +127,19 @@ class SuiteRun:
     url: str
     results: dict[str, bool]
     failures: dict[str, list[str]] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+    """Checks the suite marked WARNING (a SHOULD not met, or not testable); they do not fail a scenario."""
     seconds: float = 0.0
     returncode: int = 0
     output: str = ""
 
 
-def _failed_checks(checks: list[dict[str, Any]]) -> list[str]:
-    """One line per failed check: `<check id>: <error message>`."""
+def _failed_checks(checks: list[dict[str, Any]], status: str = "FAILURE") -> list[str]:
+    """One line per check with `status` (failed, by default): `<check id>: <error message>`."""
     return [
         f"{check.get('id', '?')}: {check.get('errorMessage') or check.get('description') or ''}".strip()
         for check in checks
-        if check.get("status") == "FAILURE"
+        if check.get("status") == status
     ]
 
 
@@ -179,6 +182,7 @@ def run_suite(node: Path, url: str, era: str, *, scenario: str | None = None) ->
 
         results: dict[str, bool] = {}
         failures: dict[str, list[str]] = {}
+        warnings: dict[str, list[str]] = {}
         # The closing summary lists every scenario that ran, including one that crashed before saving results.
         for line in proc.stdout.splitlines():
             match = _SUMMARY_LINE.match(line.strip())
@@ -196,12 +200,15 @@ def run_suite(node: Path, url: str, era: str, *, scenario: str | None = None) ->
                 results[name] = results.get(name, True) and not failed
                 if failed:
                     failures[name] = failed
+                warned = _failed_checks(checks, "WARNING")
+                if warned:
+                    warnings[name] = warned
         for name, passed in results.items():
             if not passed and name not in failures:
                 failures[name] = ["failed without saving checks.json; see the suite output"]
     if not results:
         raise RuntimeError(f"the conformance suite reported no scenarios (exit {proc.returncode}):\n{output[-4000:]}")
-    return SuiteRun(era, url, results, failures, seconds, proc.returncode, output)
+    return SuiteRun(era, url, results, failures, warnings, seconds, proc.returncode, output)
 
 
 def run_conformance(node: Path, url: str, era: str) -> dict[str, bool]:
@@ -284,3 +291,90 @@ def serve(app: ASGIApp, *, startup_timeout: float = 20.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def http_server_process(module: str, *, startup_timeout: float = 30.0) -> Iterator[str]:
+    """`python -m MODULE --http --port N` on 127.0.0.1, from the repository root; yield its MCP URL.
+
+    The process is this test's own child: it is terminated (then killed) on exit, whatever happened.
+    """
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, "--http", "--port", str(port)],
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"python -m {module} --http exited with {process.returncode} during startup")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"python -m {module} --http did not listen within {startup_timeout} s") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+SERVERS_READY_TIMEOUT = 20.0
+"""Seconds the portal's upstreams get to come up and be listed before a test gives up on them."""
+
+
+class ReadyPortal:
+    """The portal's ASGI app, whose startup finishes only once every server is up and listed.
+
+    Wraps `create_app`'s app so that a client connecting as soon as `serve` yields already sees the whole
+    catalogue (`ServerSet.wait_ready`, bounded by `SERVERS_READY_TIMEOUT`). `state` is the app's own.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_when_ready(message: Any) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                await self.state.portal.servers.wait_ready(SERVERS_READY_TIMEOUT)
+            await send(message)
+
+        await self.app(scope, receive, send_when_ready)
+
+
+def portal_app(servers: tuple[Any, ...], data_dir: Path) -> ReadyPortal:
+    """The portal (`create_app`) in front of `servers` (`ServerConfig`s), with its database in `data_dir`."""
+    from portal.app import create_app
+    from portal.settings import Settings
+
+    settings = Settings(database_url=f"sqlite:///{data_dir / 'portal.db'}", base_dir=str(data_dir), servers=servers)
+    return ReadyPortal(create_app(settings))
+
+
+def servers_not_ready(app: ReadyPortal) -> dict[str, Any]:
+    """The health of every server of a `portal_app` that is not up and listed (empty when all are)."""
+    servers = app.state.portal.servers
+    listed = set(servers.visible())
+    return {name: health for name, health in servers.health().items() if name not in listed}

@@ -1,9 +1,17 @@
 """The official MCP conformance suite, in server mode, against each target for both protocol eras.
 
-A target is an MCP endpoint the suite connects to. Today there is one: `servers/conformance.py`, the fixture
-server implementing every tool, resource and prompt the suite asks for, served alone. The portal's endpoints
-in front of it join by adding entries to `TARGETS`; everything else (serving, both eras, the expected-failures
-bookkeeping) applies to them unchanged.
+A target is an MCP endpoint the suite connects to:
+
+- `direct`: `servers/conformance.py`, the fixture server implementing every tool, resource and prompt the
+  suite asks for, served alone. The baseline: every scenario of both eras passes.
+- `portal-hosted`: the portal's per-server endpoint `/servers/conformance/mcp`, the fixture hosted in-process
+  (`module = "servers.conformance"`; the portal speaks 2026-07-28 to it).
+- `portal-remote-2025`, `portal-remote-2026`: the same endpoint, the fixture run as a remote upstream
+  (`python -m servers.conformance --http` on a free loopback port) that the portal reaches at 2025-11-25 and
+  at 2026-07-28. With both client eras this exercises every client x upstream era combination.
+- `portal-aggregated`: the portal's aggregated endpoint `/mcp` in front of the hosted fixture, where tools and
+  prompts are named `conformance_*` and resource URIs carry the server, so most scenarios cannot find their
+  fixtures by name; they are listed in expected-failures.toml with that reason.
 
 Needs Node 22 and the pinned suite, which `.ci/node.sh` installs into a cache; without them the tests skip,
 unless PORTAL_REQUIRE_NODE is set, in which case they fail.
@@ -11,6 +19,7 @@ unless PORTAL_REQUIRE_NODE is set, in which case they fail.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +28,20 @@ import pytest
 from _suite import (
     ERAS,
     NodeUnavailable,
+    ReadyPortal,
     ensure_node,
     expected_for,
+    http_server_process,
     load_expected_failures,
     node_required,
+    portal_app,
     run_suite,
     serve,
+    servers_not_ready,
 )
 from starlette.types import ASGIApp
+
+from portal.settings import ServerConfig
 
 pytestmark = [
     pytest.mark.node,
@@ -34,6 +49,9 @@ pytestmark = [
     # in the 2026-07-28 revision, which is noise here.
     pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
 ]
+
+AppFactory = Callable[[contextlib.ExitStack, Path], ASGIApp]
+"""Builds a fresh ASGI app for a target; anything it starts (an upstream process) goes on the exit stack."""
 
 
 @dataclass(frozen=True)
@@ -46,21 +64,40 @@ class Target:
     """
 
     name: str
-    make_app: Callable[[], ASGIApp]
+    make_app: AppFactory
     path: str
 
 
-def _direct_app() -> ASGIApp:
+def _direct_app(stack: contextlib.ExitStack, data_dir: Path) -> ASGIApp:
     """The fixture server alone, exactly as `python -m servers.conformance --http` serves it."""
     from servers import conformance
 
     return conformance.create_app()
 
 
-# Add the portal here: e.g. Target("portal-server", <portal app with the fixture registered as "conformance">,
-# "/servers/conformance/mcp") and Target("portal-aggregated", <same>, "/mcp").
+def _hosted_portal(stack: contextlib.ExitStack, data_dir: Path) -> ASGIApp:
+    """The portal with the fixture hosted in-process as server `conformance`."""
+    return portal_app((ServerConfig(name="conformance", module="servers.conformance"),), data_dir)
+
+
+def _remote_portal(protocol: str) -> AppFactory:
+    """The portal with the fixture as a remote Streamable HTTP upstream, reached at `protocol`."""
+
+    def make(stack: contextlib.ExitStack, data_dir: Path) -> ASGIApp:
+        url = stack.enter_context(http_server_process("servers.conformance"))
+        server = ServerConfig(name="conformance", url=url, protocol=protocol)  # type: ignore[arg-type]
+        return portal_app((server,), data_dir)
+
+    return make
+
+
+PER_SERVER = "/servers/conformance/mcp"
 TARGETS: list[Target] = [
     Target("direct", _direct_app, "/mcp"),
+    Target("portal-hosted", _hosted_portal, PER_SERVER),
+    Target("portal-remote-2025", _remote_portal("2025-11-25"), PER_SERVER),
+    Target("portal-remote-2026", _remote_portal("2026-07-28"), PER_SERVER),
+    Target("portal-aggregated", _hosted_portal, "/mcp"),
 ]
 
 
@@ -76,10 +113,17 @@ def node() -> Path:
 
 
 @pytest.fixture(scope="module", params=TARGETS, ids=lambda target: target.name)
-def target_url(request: pytest.FixtureRequest) -> Iterator[tuple[Target, str]]:
+def target_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Target, str]]:
     """Serve one target on 127.0.0.1 for the module's tests; yield it with its MCP endpoint URL."""
     target: Target = request.param
-    with serve(target.make_app()) as base_url:
+    with contextlib.ExitStack() as stack:
+        app = target.make_app(stack, tmp_path_factory.mktemp(target.name))
+        base_url = stack.enter_context(serve(app))
+        if isinstance(app, ReadyPortal):
+            missing = servers_not_ready(app)
+            assert not missing, f"the portal's upstreams did not come up: {missing}"
         yield target, base_url + target.path
 
 
@@ -97,6 +141,8 @@ def test_conformance(node: Path, target_url: tuple[Target, str], era: str) -> No
     expected = expected_for(load_expected_failures(), target.name, era)
     run = run_suite(node, url, era)
     print(f"conformance {target.name} {era}: {len(run.results)} scenarios in {run.seconds:.1f} s")
+    for name, checks in sorted(run.warnings.items()):
+        print(f"  warning in {name}: " + "; ".join(checks))
 
     # Guard against a run that silently exercised nothing (a wrong flag, an unreachable URL).
     assert len(run.results) >= 20, f"suspiciously few scenarios ran: {sorted(run.results)}\n{run.output[-3000:]}"

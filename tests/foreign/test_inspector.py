@@ -1,7 +1,15 @@
-"""The MCP Inspector's command-line mode, a foreign client, against a live MCP endpoint in both protocol eras.
+"""The MCP Inspector's command-line mode, a foreign client, against the portal running the demo in both eras.
 
-Today the endpoint is `servers/conformance.py` served alone; retargeting it at the portal (its demo's `/mcp`
-or `/servers/{name}/mcp`) means changing `endpoint_url` and the expected names.
+The portal runs the configuration of `examples/portal.toml`, one server of each kind:
+
+- `notes`, hosted in-process (`module = "servers.notes"`), its database `NOTES_DB` in a temporary folder;
+- `docs`, a stdio subprocess (`python -m servers.docs`, cwd the repository, `DOCS_DIR=examples/docs`);
+- `clock`, a remote Streamable HTTP server, started here as `python -m servers.clock --http` on a free port.
+
+The Inspector lists and calls tools through the aggregated endpoint `/mcp` (names `{server}_{tool}`) and the
+per-server endpoint `/servers/notes/mcp`, at 2025-11-25 (its "legacy" era: initialize handshake) and at
+2026-07-28 ("modern": per-request envelope). A recorder in front of the portal checks that each run really
+spoke the era it was asked to.
 
 Runs `node <inspector>/clients/launcher/build/index.js --cli URL --transport http --protocol-era ERA
 --format json -q --method ...`, the same as `npx @modelcontextprotocol/inspector --cli ...`, but on the Node 22
@@ -10,23 +18,22 @@ that `.ci/node.sh` installs. Skips without Node 22 unless PORTAL_REQUIRE_NODE is
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from starlette.types import Receive, Scope, Send
 
-pytestmark = [
-    pytest.mark.node,
-    # The fixture server exercises logging, sampling and roots on purpose; the SDK flags each use as deprecated.
-    pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
-]
+pytestmark = [pytest.mark.node]
 
 
 def _load_suite_helpers() -> ModuleType:
@@ -50,9 +57,13 @@ suite = _load_suite_helpers()
 
 # The Inspector names the eras its own way.
 INSPECTOR_ERA = {"2025-11-25": "legacy", "2026-07-28": "modern"}
-SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
-# Every run is bounded; one call normally takes under a second.
+# Every run is bounded; one call normally takes about a second (mostly Node starting).
 INSPECTOR_TIMEOUT_SECONDS = 60
+
+# What the demo's servers offer (servers/notes.py, servers/docs.py, servers/clock.py).
+NOTES_TOOLS = {"create_note", "get_note", "search_notes", "update_note", "delete_note"}
+DOCS_TOOLS = {"search_docs", "read_doc", "list_docs"}
+CLOCK_TOOLS = {"current_time", "convert_time", "add_duration", "list_timezones"}
 
 
 @dataclass
@@ -62,6 +73,43 @@ class InspectorResult:
     returncode: int
     payload: dict[str, Any]
     stderr: str
+
+
+@dataclass
+class Recorder:
+    """An ASGI wrapper noting the protocol headers of every MCP request that reaches the portal."""
+
+    app: Any
+    seen: list[dict[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/mcp"):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            wanted = ("mcp-protocol-version", "mcp-session-id", "mcp-method")
+            with self.lock:
+                self.seen.append({"http": scope["method"], **{k: headers[k] for k in wanted if k in headers}})
+        await self.app(scope, receive, send)
+
+    def mark(self) -> int:
+        with self.lock:
+            return len(self.seen)
+
+    def since(self, mark: int) -> list[dict[str, str]]:
+        with self.lock:
+            return list(self.seen[mark:])
+
+
+@dataclass(frozen=True)
+class Portal:
+    """The demo portal being served: its base URL and the recorder in front of it."""
+
+    base_url: str
+    recorder: Recorder
 
 
 @pytest.fixture(scope="session")
@@ -77,12 +125,34 @@ def node() -> Path:
 
 
 @pytest.fixture(scope="module")
-def endpoint_url() -> Iterator[str]:
-    """The MCP endpoint under test: the conformance fixture server on 127.0.0.1."""
-    from servers import conformance
+def portal(node: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
+    """The portal running the demo's three servers on 127.0.0.1 (needs Node first, so it skips before starting)."""
+    from portal.settings import ServerConfig
 
-    with suite.serve(conformance.create_app()) as base_url:
-        yield base_url + "/mcp"
+    data_dir = tmp_path_factory.mktemp("demo")
+    with contextlib.ExitStack() as stack:
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        # The hosted notes server reads NOTES_DB from the portal's own environment, on first use.
+        patch.setenv("NOTES_DB", str(data_dir / "notes.db"))
+        clock_url = stack.enter_context(suite.http_server_process("servers.clock"))
+        servers = (
+            ServerConfig(name="notes", module="servers.notes", timeout=10),
+            ServerConfig(
+                name="docs",
+                command="python",
+                args=("-m", "servers.docs"),
+                cwd=str(suite.REPO_ROOT),
+                env={"DOCS_DIR": "examples/docs"},
+                timeout=10,
+            ),
+            ServerConfig(name="clock", url=clock_url, timeout=10),
+        )
+        app = suite.portal_app(servers, data_dir)
+        recorder = Recorder(app)
+        base_url = stack.enter_context(suite.serve(recorder))
+        missing = suite.servers_not_ready(app)
+        assert not missing, f"the demo's servers did not come up: {missing}"
+        yield Portal(base_url, recorder)
 
 
 @pytest.fixture(params=sorted(INSPECTOR_ERA), ids=lambda era: era)
@@ -91,13 +161,13 @@ def era(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def inspect(node: Path, home: Path, url: str, era: str, *args: str) -> InspectorResult:
-    """Run the Inspector CLI once against `url` at `era` with `args` (e.g. `--method tools/list`)."""
+def inspect(node: Path, home: Path, portal: Portal, path: str, era: str, *args: str) -> InspectorResult:
+    """Run the Inspector CLI once against the portal's `path` at `era` with `args`; check the era it spoke."""
     command = [
         str(node),
         str(suite.inspector_entry(node)),
         "--cli",
-        url,
+        portal.base_url + path,
         "--transport",
         "http",
         "--protocol-era",
@@ -107,6 +177,7 @@ def inspect(node: Path, home: Path, url: str, era: str, *args: str) -> Inspector
         "--quiet",
         *args,
     ]
+    mark = portal.recorder.mark()
     proc = subprocess.run(
         command,
         capture_output=True,
@@ -119,61 +190,81 @@ def inspect(node: Path, home: Path, url: str, era: str, *args: str) -> Inspector
         payload = json.loads(proc.stdout) if proc.stdout.strip() else {}
     except json.JSONDecodeError:
         pytest.fail(f"Inspector printed non-JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    assert_spoke(portal.recorder.since(mark), era)
     return InspectorResult(proc.returncode, payload, proc.stderr)
 
 
-def assert_era(result: dict[str, Any], era: str) -> None:
-    """Check the call really ran at `era`: stateless-era results carry the server's identity in `_meta`."""
-    meta = result.get("_meta") or {}
+def assert_spoke(requests: list[dict[str, str]], era: str) -> None:
+    """The requests of one run were all of `era`: a session after initialize, or the per-request envelope."""
+    posts = [r for r in requests if r["http"] == "POST"]
+    assert posts, f"the Inspector sent the portal no request: {requests}"
     if era == "2026-07-28":
-        assert meta.get(SERVER_INFO_META, {}).get("name") == "portal-conformance", result
+        assert all(r.get("mcp-protocol-version") == era and "mcp-session-id" not in r for r in posts), posts
     else:
-        assert SERVER_INFO_META not in meta, result
+        assert not any(r.get("mcp-protocol-version") == "2026-07-28" for r in posts), posts
+        assert any("mcp-session-id" in r for r in posts), f"no request ran in an initialized session: {posts}"
 
 
-def test_tools_list(node: Path, tmp_path: Path, endpoint_url: str, era: str) -> None:
-    """tools/list returns the fixture catalogue, each tool with a description and an object inputSchema."""
-    run = inspect(node, tmp_path, endpoint_url, era, "--method", "tools/list")
+def call(node: Path, home: Path, portal: Portal, era: str, tool: str, **arguments: Any) -> InspectorResult:
+    """`tools/call` of `tool` on `/mcp`; string arguments go as they are, others as JSON."""
+    args = ["--method", "tools/call", "--tool-name", tool]
+    for key, value in arguments.items():
+        args += ["--tool-arg", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    return inspect(node, home, portal, "/mcp", era, *args)
+
+
+def test_tools_list_aggregates_every_server(node: Path, tmp_path: Path, portal: Portal, era: str) -> None:
+    """tools/list on /mcp has the hosted, stdio and remote servers' tools, each named {server}_{tool}."""
+    run = inspect(node, tmp_path, portal, "/mcp", era, "--method", "tools/list")
     assert run.returncode == 0, run.stderr
     tools = {tool["name"]: tool for tool in run.payload["result"]["tools"]}
-    for name in ("test_simple_text", "test_image_content", "test_error_handling", "test_mcp_param_header"):
-        assert name in tools, sorted(tools)
+    expected = (
+        {f"notes_{name}" for name in NOTES_TOOLS}
+        | {f"docs_{name}" for name in DOCS_TOOLS}
+        | {f"clock_{name}" for name in CLOCK_TOOLS}
+    )
+    assert set(tools) == expected, sorted(set(tools) ^ expected)
     assert all(tool.get("description") for tool in tools.values())
     assert all(tool["inputSchema"].get("type") == "object" for tool in tools.values())
-    # The 2020-12 keywords survive the round trip through a foreign client.
-    schema = tools["json_schema_2020_12_tool"]["inputSchema"]
-    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert {"$defs", "allOf", "if", "then", "else"} <= schema.keys()
+    assert set(tools["notes_create_note"]["inputSchema"]["required"]) == {"title", "body"}
 
 
-def test_tools_call_simple_text(node: Path, tmp_path: Path, endpoint_url: str, era: str) -> None:
-    """tools/call without arguments returns the documented text."""
-    run = inspect(node, tmp_path, endpoint_url, era, "--method", "tools/call", "--tool-name", "test_simple_text")
-    assert run.returncode == 0, run.stderr
-    result = run.payload["result"]
+def test_create_note_then_read_it_back(node: Path, tmp_path: Path, portal: Portal, era: str) -> None:
+    """notes_create_note stores a note in the hosted server; notes_get_note returns it by its id."""
+    title = f"Written by the Inspector at {era}"
+    created = call(node, tmp_path, portal, era, "notes_create_note", title=title, body="Hello", tags=["inspector"])
+    assert created.returncode == 0, created.stderr
+    result = created.payload["result"]
     assert result["isError"] is False
-    assert result["content"] == [{"type": "text", "text": "This is a simple text response for testing."}]
-    assert_era(result, era)
+    note = result["structuredContent"]
+    assert (note["title"], note["body"], note["tags"]) == (title, "Hello", ["inspector"])
+    assert json.loads(result["content"][0]["text"]) == note
+
+    fetched = call(node, tmp_path, portal, era, "notes_get_note", id=note["id"])
+    assert fetched.returncode == 0, fetched.stderr
+    assert fetched.payload["result"]["structuredContent"] == note
 
 
-def test_tools_call_with_argument(node: Path, tmp_path: Path, endpoint_url: str, era: str) -> None:
-    """tools/call passes an argument through; in the stateless era it also rides the Mcp-Param-Region header."""
-    run = inspect(
-        node,
-        tmp_path,
-        endpoint_url,
-        era,
-        *("--method", "tools/call", "--tool-name", "test_mcp_param_header", "--tool-arg", "region=eu-west"),
-    )
+def test_stdio_server_answers_through_the_portal(node: Path, tmp_path: Path, portal: Portal, era: str) -> None:
+    """docs_search_docs reaches the stdio subprocess, which searches examples/docs."""
+    run = call(node, tmp_path, portal, era, "docs_search_docs", query="on-call", limit=3)
     assert run.returncode == 0, run.stderr
-    assert run.payload["result"]["content"] == [{"type": "text", "text": "region=eu-west"}]
+    hits = run.payload["result"]["structuredContent"]["hits"]
+    assert hits and any(hit["path"] == "runbooks/on-call.md" for hit in hits), hits
 
 
-def test_tools_call_error(node: Path, tmp_path: Path, endpoint_url: str, era: str) -> None:
-    """A tool error reaches the Inspector as a result with isError, which it reports with exit status 5."""
-    run = inspect(node, tmp_path, endpoint_url, era, "--method", "tools/call", "--tool-name", "test_error_handling")
+def test_tool_error_reaches_the_inspector(node: Path, tmp_path: Path, portal: Portal, era: str) -> None:
+    """A tool error is a result with isError, which the Inspector reports with exit status 5."""
+    run = call(node, tmp_path, portal, era, "notes_get_note", id=987654321)
     assert run.returncode == 5, run.stderr
     result = run.payload["result"]
     assert result["isError"] is True
-    assert result["content"][0]["text"] == "This tool intentionally returns an error for testing"
+    assert "no note with id 987654321" in result["content"][0]["text"]
     assert "tool_is_error" in run.stderr
+
+
+def test_per_server_endpoint_keeps_upstream_names(node: Path, tmp_path: Path, portal: Portal, era: str) -> None:
+    """/servers/notes/mcp lists only the notes server's tools, under their own names."""
+    run = inspect(node, tmp_path, portal, "/servers/notes/mcp", era, "--method", "tools/list")
+    assert run.returncode == 0, run.stderr
+    assert {tool["name"] for tool in run.payload["result"]["tools"]} == NOTES_TOOLS
