@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import sqlite3
+import time
 from typing import Any
 
 import sqlalchemy
@@ -39,7 +40,7 @@ __all__ = [
 BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite write waits for another process's write to finish before failing."""
 
-TABLE_MODULES: tuple[str, ...] = ("portal.registry",)
+TABLE_MODULES: tuple[str, ...] = ("portal.registry", "portal.auth.tables")
 """Modules defining SQLModel tables; a module that adds tables is listed here."""
 
 # Any 64-bit constant works; it only has to be the same in every replica.
@@ -71,9 +72,18 @@ def create_engine(settings: Settings) -> Engine:
 def _configure_sqlite(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
-        # WAL lets the CLI read while the portal writes; it is a no-op for ":memory:".
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        # WAL lets the CLI read while the portal writes; it is a no-op for ":memory:".
+        # Switching a new file to WAL needs an exclusive lock, and SQLite answers BUSY at
+        # once (without the busy handler) when another connection is doing the same, so retry.
+        for attempt in range(50):
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.02)
         # SQLite ignores REFERENCES clauses unless asked, per connection.
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:

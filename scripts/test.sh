@@ -9,8 +9,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 export PORTAL_TEST_POSTGRES_URL="${PORTAL_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/test}"
 export PORTAL_TEST_REDIS_URL="${PORTAL_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
 echo "== ruff" >&2
-ruff check portal servers tests bench
-ruff format --check portal servers tests bench
+ruff check portal servers codemode tests bench
+ruff format --check portal servers codemode tests bench
 echo "== mypy" >&2
 mypy
 echo "== pytest" >&2
