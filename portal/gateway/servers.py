@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 ListChanged = Callable[[str | None, str], Awaitable[None]]
 """`(server, kind)` with kind one of tools, resources, prompts; server None for the set itself."""
 
+_RELIST_START = 0.5
+_RELIST_MAX = 30.0
+"""Seconds between attempts to list a server that is up but whose lists failed (doubling)."""
+
 _KIND_OF = {"tools": "tools", "resources": "resources", "resourceTemplates": "resources", "prompts": "prompts"}
 
 
@@ -109,13 +113,14 @@ class ServerSet:
         """Refresh one server's catalog now and wait for it (`portal servers sync`)."""
         upstream = self.upstreams.get(name)
         if upstream is not None:
-            await self._refresh(upstream)
+            await self._refresh(upstream, retry=False)
 
-    async def _refresh(self, upstream: Upstream) -> None:
+    async def _refresh(self, upstream: Upstream, *, retry: bool = True) -> None:
+        delay = _RELIST_START
         while True:
             self._refresh_again.discard(upstream.name)
             info = upstream.info
-            if info is None:
+            if info is None or self.upstreams.get(upstream.name) is not upstream:
                 return
             try:
                 fresh = await fetch_server_catalog(
@@ -126,7 +131,13 @@ class ServerSet:
                 )
             except UpstreamError as exc:
                 logger.warning("could not list server %s: %s", upstream.name, exc.message)
-                return
+                if not retry:
+                    return
+                # A failed listing (a timeout, a bad answer) must not hide a server that is up
+                # until it reconnects: try again, backing off, for as long as it stays up.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RELIST_MAX)
+                continue
             if self.upstreams.get(upstream.name) is not upstream:
                 return  # removed or replaced while we were listing
             old = self.catalog.get(upstream.name)

@@ -32,7 +32,9 @@ from mcp.shared.inbound import (
     classify_inbound_request,
     find_duplicated_routing_header,
 )
+from mcp_types import LOG_LEVEL_META_KEY, PROTOCOL_VERSION_META_KEY
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, KNOWN_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from portal.errors import (
@@ -43,6 +45,7 @@ from portal.errors import (
     UnsupportedProtocolVersion,
 )
 from portal.gateway.body import read_json_body
+from portal.gateway.forward import MCP_PARAM_HEADERS
 from portal.gateway.rendering import error_status, jsonrpc_error, jsonrpc_result, shape_result, sse_event
 from portal.gateway.sessions import Session, SessionCodec, Stream, Streams
 from portal.pipeline import Endpoint, Handler, McpRequest
@@ -51,6 +54,8 @@ __all__ = ["McpTransport"]
 
 logger = logging.getLogger(__name__)
 
+REQUEST_CANCELLED = -32800
+"""The answer to a request the client cancelled (2025-11-25), as the SDK's servers give it."""
 MODERN = MODERN_PROTOCOL_VERSIONS[-1]
 LATEST_HANDSHAKE = HANDSHAKE_PROTOCOL_VERSIONS[-1]
 PING_INTERVAL = 15.0
@@ -131,10 +136,12 @@ class McpTransport:
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
             raise _HttpError.rpc(400, BadRequest("Body must be a single JSON-RPC request or notification object"))
         version_header = headers.get("mcp-protocol-version")
-        if version_header is not None and version_header not in KNOWN_PROTOCOL_VERSIONS:
-            raise _HttpError.rpc(400, _unsupported(version_header), message.get("id"))
         params = message.get("params")
         meta = params.get("_meta") if isinstance(params, dict) else None
+        if version_header is not None and version_header not in KNOWN_PROTOCOL_VERSIONS:
+            # A request in the 2026 envelope is told the versions server/discover offers.
+            stateless = isinstance(meta, dict) and PROTOCOL_VERSION_META_KEY in meta
+            raise _HttpError.rpc(400, _unsupported(version_header, modern=stateless), message.get("id"))
         modern = version_header in MODERN_PROTOCOL_VERSIONS or (
             version_header is None
             and "mcp-session-id" not in headers
@@ -222,7 +229,7 @@ class McpTransport:
             if verdict.data is not None:
                 error["data"] = verdict.data
             body = {"jsonrpc": "2.0", "id": request_id, "error": error}
-            raise _HttpError(error_status(body, modern=True), body)
+            raise _HttpError(error_status(body, modern=True), body, [(b"content-type", b"application/json")])
         method = message["method"]
         params = message.get("params") or {}
         if method == "server/discover":
@@ -249,6 +256,11 @@ class McpTransport:
             client_info=verdict.client_info,
             client_capabilities=verdict.client_capabilities,
         )
+        if method == "tools/call":
+            # Checked against the tool's schema by the forwarder (basic/transports#custom-headers).
+            request.state[MCP_PARAM_HEADERS] = Headers(
+                raw=[(k, v) for k, v in scope["headers"] if k.lower().startswith(b"mcp-param-")]
+            )
         await self._run(request, receive, send, [], inflight_key=None)
 
     async def _run(
@@ -297,7 +309,14 @@ class McpTransport:
                     await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + extra})
                     streaming = True
                 await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
-            response = task.result()
+            # A task cancelled here was cancelled by a 2025-11-25 client's notifications/cancelled.
+            # The HTTP exchange still needs an end; like the SDK's servers, end it with
+            # REQUEST_CANCELLED, which the client (no longer waiting) drops.
+            response = _cancelled_answer(request.request_id) if task.cancelled() else task.result()
+            if not streaming and not notes.empty():
+                # Notifications the request sent just before it finished still go first.
+                await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + extra})
+                streaming = True
             while not notes.empty():
                 await send({"type": "http.response.body", "body": sse_event(notes.get_nowait()), "more_body": True})
             if streaming:
@@ -413,20 +432,21 @@ class _HttpError(Exception):
         return cls(status, jsonrpc_error(request_id, error), [(b"content-type", b"application/json")])
 
 
-def _unsupported(requested: str) -> UnsupportedProtocolVersion:
-    return UnsupportedProtocolVersion(
-        "Unsupported protocol version",
-        supported=[*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS],
-        requested=requested,
-    )
+def _cancelled_answer(request_id: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": REQUEST_CANCELLED, "message": "Request cancelled"}}
+
+
+def _unsupported(requested: str, *, modern: bool = False) -> UnsupportedProtocolVersion:
+    supported = [*MODERN_PROTOCOL_VERSIONS] if modern else [*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS]
+    return UnsupportedProtocolVersion("Unsupported protocol version", supported=supported, requested=requested)
 
 
 def _caller_meta(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Keep only the `_meta` keys that belong to the call (progress token), not the 2026 envelope."""
+    """Keep only the `_meta` keys that belong to the call (progress token, log level), not the 2026 envelope."""
     meta = params.get("_meta")
     if not isinstance(meta, Mapping):
         return {}
-    kept = {k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/")}
+    kept = {k: v for k, v in meta.items() if k == LOG_LEVEL_META_KEY or not k.startswith("io.modelcontextprotocol/")}
     return {"_meta": kept} if kept else {}
 
 
