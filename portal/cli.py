@@ -374,5 +374,12 @@ def _set_enabled(args: argparse.Namespace, enabled: bool) -> int:
     return 0
 
 
-COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (add_run_commands, add_servers_commands)
+def add_auth_commands(commands: Commands) -> None:
+    """`portal users|clients|tokens|keys` (in `portal.cli_auth`, imported when the parser is built)."""
+    from portal.cli_auth import add_commands
+
+    add_commands(commands)
+
+
+COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (add_run_commands, add_servers_commands, add_auth_commands)
 """Every command group, in the order `portal --help` lists them."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from portal.auth.settings import AuthSettings, parse_auth_settings
 from portal.errors import ConfigError
 
 __all__ = [
@@ -166,6 +167,8 @@ class Settings:
     """Directory of `portal.toml`; relative paths in the file are resolved against it (not read from the file)."""
     servers: tuple[ServerConfig, ...] = ()
     """`[[servers]]` tables of the file."""
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    """`[auth]`: tokens, identity providers, clients and grants (see `portal.auth.settings`)."""
 
     def resolve_path(self, value: str) -> Path:
         path = Path(value)
@@ -226,7 +229,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"duplicate server names: {', '.join(duplicates)}")
-    settings = Settings(base_dir=str(base_dir), servers=servers, **values)
+    auth = parse_auth_settings(raw.get("auth", {}), env)
+    settings = Settings(base_dir=str(base_dir), servers=servers, auth=auth, **values)
     if not settings.public_url.startswith(("http://", "https://")):
         raise ConfigError("[portal] public_url must be an http(s) URL")
     return replace(settings, public_url=settings.public_url.rstrip("/"))
