@@ -27,6 +27,7 @@ from portal.db import create_engine, init_db
 from portal.errors import UnknownServer
 from portal.gateway.forward import Forwarder
 from portal.gateway.rendering import jsonrpc_error
+from portal.gateway.routing import Router
 from portal.gateway.servers import ServerSet
 from portal.gateway.sessions import SessionCodec, Streams
 from portal.gateway.transport import McpTransport
@@ -52,19 +53,20 @@ class Portal:
     streams: Streams
 
 
-def build_stages(settings: Settings) -> list[Stage]:
+def build_stages(settings: Settings, servers: ServerSet) -> list[Stage]:
     """The pipeline's stages before the forwarder, in order.
 
-    Authentication, authorization and audit join here as their issues land.
+    The router comes first, so that every later stage sees which server and tool a
+    request is for. Authorization and audit join here as their issues land.
     """
-    return []
+    return [Router(servers)]
 
 
 def create_app(settings: Settings) -> Starlette:
     engine = create_engine(settings)
     registry = Registry(settings, engine)
     servers = ServerSet(base_dir=settings.base_dir, ping_interval=settings.health_interval_seconds)
-    pipeline = Pipeline(build_stages(settings), Forwarder(servers))
+    pipeline = Pipeline(build_stages(settings, servers), Forwarder(servers))
     streams = Streams()
     servers.subscribe(streams.list_changed)
     key = (

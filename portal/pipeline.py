@@ -15,7 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from portal.auth.principal import Principal
+    from portal.gateway.routing import Target
 
 __all__ = ["Endpoint", "Handler", "McpRequest", "Pipeline", "Stage"]
 
@@ -46,6 +50,10 @@ class McpRequest:
     client_capabilities: Mapping[str, Any] | None = None
     notify: Notify | None = None
     """Sends a notification that belongs to this request to the client (progress, log messages)."""
+    principal: Principal | None = None
+    """Who the request acts for, from its verified access token."""
+    target: Target | None = None
+    """The server and upstream name a call, read or prompt request is for (set by the router stage)."""
     state: dict[str, Any] = field(default_factory=dict)
     """Where stages leave what later stages (and the audit record) need."""
 

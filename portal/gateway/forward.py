@@ -14,15 +14,8 @@ from mcp.server.connection import allowed_log_levels
 from mcp.shared.inbound import validate_mcp_param_headers
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, LOG_LEVEL_META_KEY, PROTOCOL_VERSION_META_KEY
 
-from portal.catalog import aggregate_uri, split_uri
-from portal.errors import (
-    HeaderMismatch,
-    InvalidParams,
-    MethodNotFound,
-    UnknownResource,
-    UnknownServer,
-    UnknownTool,
-)
+from portal.catalog import aggregate_uri
+from portal.errors import HeaderMismatch, MethodNotFound, UnknownServer
 from portal.gateway.rendering import input_required_for_legacy
 from portal.gateway.servers import ServerSet
 from portal.pipeline import McpRequest
@@ -54,14 +47,13 @@ class Forwarder:
         method = request.method
         if method in _LISTS:
             return self._list(request, _LISTS[method])
-        if method == "tools/call":
-            return await self._call_tool(request)
-        if method == "resources/read":
-            return await self._read_resource(request)
-        if method == "prompts/get":
-            return await self._get_prompt(request)
-        if method == "completion/complete":
-            return await self._complete(request)
+        if request.target is not None:
+            if method == "tools/call" and request.modern:
+                self._check_param_headers(request)
+            result = await self._forward(request)
+            if method == "resources/read" and request.endpoint.server is None:
+                result = _aggregate_contents(request.target.server, result)
+            return result
         if method == "logging/setLevel" and not request.modern:
             # Accepted so that clients which set a level keep working; upstream log
             # messages are relayed per request, at the upstream's own level. The 2026
@@ -83,47 +75,12 @@ class Forwarder:
             items = list(catalog.items[kind]) if catalog is not None and servers else []
         return {kind: items}
 
-    def _target(self, request: McpRequest, name: str, *, prompt: bool = False) -> tuple[str, str]:
-        """The (server, upstream name) a tool or prompt name on this endpoint refers to."""
-        what = "prompt" if prompt else "tool"
-        server = request.endpoint.server
-        if server is None:
-            resolved = self.servers.catalog.resolve_prompt(name) if prompt else self.servers.catalog.resolve_tool(name)
-            if resolved is None:
-                resolved = self._unlisted_server(name)
-            if resolved is None:
-                raise UnknownTool(f"Unknown {what}: {name}", name=name)
-            server, name = resolved
-        catalog = self.servers.catalog.get(server)
-        if catalog is None:
-            upstream = self.servers.get(server)
-            if upstream is None:
-                raise UnknownServer(f"Unknown server: {server}", server=server)
-            # Known but not listed: it is down; let the upstream raise its own cause.
-            return server, name
-        items = catalog.items["prompts" if prompt else "tools"]
-        if not any(item.get("name") == name for item in items):
-            raise UnknownTool(f"Unknown {what}: {name}", name=name)
-        return server, name
-
-    def _unlisted_server(self, name: str) -> tuple[str, str] | None:
-        """The server an aggregated name is prefixed with, when that server is configured but not listed.
-
-        A server that is down (or still starting) has no tools listed; a client calling one it
-        listed before gets the server's own cause from the upstream, rather than "unknown tool".
-        Server names hold no `_`, so the prefix is everything before the first one.
-        """
-        server, _, rest = name.partition("_")
-        upstream = self.servers.get(server)
-        if not rest or upstream is None or not upstream.config.enabled or self.servers.catalog.get(server) is not None:
-            return None
-        return server, rest
-
-    async def _forward(self, request: McpRequest, server: str, params: dict[str, Any]) -> dict[str, Any]:
-        upstream = self.servers.get(server)
+    async def _forward(self, request: McpRequest) -> dict[str, Any]:
+        target = request.target
+        assert target is not None
+        upstream = self.servers.get(target.server)
         if upstream is None:
-            raise UnknownServer(f"Unknown server: {server}", server=server)
-        request.state["server"] = server
+            raise UnknownServer(f"Unknown server: {target.server}", server=target.server)
         relay: NotificationHandler | None = None
         if request.notify is not None:
             notify = request.notify
@@ -136,80 +93,37 @@ class Forwarder:
                     return
                 await notify(method, note_params)
 
-        params = _upstream_params(request, params)
+        params = _upstream_params(request, target.params)
         result = await upstream.request(request.method, params, on_notification=relay)
         if result.get("resultType") == "input_required" and not request.modern:
-            raise input_required_for_legacy(server)
+            raise input_required_for_legacy(target.server)
         return result
 
-    async def _call_tool(self, request: McpRequest) -> dict[str, Any]:
-        name = _string_param(request.params, "name")
-        server, tool = self._target(request, name)
-        request.state["tool"] = tool
-        arguments = request.params.get("arguments")
-        if arguments is not None and not isinstance(arguments, Mapping):
-            raise InvalidParams("arguments must be an object")
-        headers = request.state.get(MCP_PARAM_HEADERS)
-        if request.modern and headers is not None:
-            self._check_param_headers(server, tool, arguments or {}, headers)
-        return await self._forward(request, server, {**request.params, "name": tool})
-
-    def _check_param_headers(
-        self, server: str, tool: str, arguments: Mapping[str, Any], headers: Mapping[str, str]
-    ) -> None:
+    def _check_param_headers(self, request: McpRequest) -> None:
         """2026-07-28 custom headers: `Mcp-Param-*` must agree with the arguments the tool's schema annotates."""
-        catalog = self.servers.catalog.get(server)
-        items = catalog.items["tools"] if catalog is not None else []
-        schema = next((item.get("inputSchema") for item in items if item.get("name") == tool), None)
+        target = request.target
+        headers = request.state.get(MCP_PARAM_HEADERS)
+        if target is None or headers is None:
+            return
+        catalog = self.servers.catalog.get(target.server)
+        tool = catalog.tool(target.name) if catalog is not None else None
+        schema = tool.get("inputSchema") if tool is not None else None
         if schema is None:
             return
-        rejection = validate_mcp_param_headers(schema, arguments, headers)
+        rejection = validate_mcp_param_headers(schema, target.params.get("arguments") or {}, headers)
         if rejection is not None:
             raise HeaderMismatch(rejection.message)
 
-    async def _get_prompt(self, request: McpRequest) -> dict[str, Any]:
-        name = _string_param(request.params, "name")
-        server, prompt = self._target(request, name, prompt=True)
-        request.state["tool"] = prompt
-        return await self._forward(request, server, {**request.params, "name": prompt})
 
-    async def _read_resource(self, request: McpRequest) -> dict[str, Any]:
-        uri = _string_param(request.params, "uri")
-        server, upstream_uri = self._resource_target(request, uri)
-        request.state["tool"] = upstream_uri
-        result = await self._forward(request, server, {**request.params, "uri": upstream_uri})
-        if request.endpoint.server is None and isinstance(result.get("contents"), list):
-            # Contents name their URI; on /mcp they must name it as the client does.
-            result = {
-                **result,
-                "contents": [
-                    {**c, "uri": aggregate_uri(server, c["uri"])} if isinstance(c, dict) and "uri" in c else c
-                    for c in result["contents"]
-                ],
-            }
+def _aggregate_contents(server: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Contents name their URI; on /mcp they must name it as the client does."""
+    contents = result.get("contents")
+    if not isinstance(contents, list):
         return result
-
-    def _resource_target(self, request: McpRequest, uri: str) -> tuple[str, str]:
-        if request.endpoint.server is not None:
-            return request.endpoint.server, uri
-        split = split_uri(uri)
-        if split is None or self.servers.get(split[0]) is None:
-            # SEP-2164: an unknown resource is -32602 (invalid params); -32002 is retired.
-            raise UnknownResource(f"Resource not found: {uri}", uri=uri)
-        return split
-
-    async def _complete(self, request: McpRequest) -> dict[str, Any]:
-        ref = request.params.get("ref")
-        if not isinstance(ref, Mapping):
-            raise InvalidParams("ref must be an object")
-        ref = dict(ref)
-        if ref.get("type") == "ref/prompt":
-            server, ref["name"] = self._target(request, _string_param(ref, "name"), prompt=True)
-        elif ref.get("type") == "ref/resource":
-            server, ref["uri"] = self._resource_target(request, _string_param(ref, "uri"))
-        else:
-            raise InvalidParams("ref.type must be ref/prompt or ref/resource")
-        return await self._forward(request, server, {**request.params, "ref": ref})
+    renamed = [
+        {**c, "uri": aggregate_uri(server, c["uri"])} if isinstance(c, dict) and "uri" in c else c for c in contents
+    ]
+    return {**result, "contents": renamed}
 
 
 def _upstream_params(request: McpRequest, params: dict[str, Any]) -> dict[str, Any]:
@@ -235,10 +149,3 @@ def _upstream_params(request: McpRequest, params: dict[str, Any]) -> dict[str, A
     if meta:
         out["_meta"] = meta
     return out
-
-
-def _string_param(params: Mapping[str, Any], key: str) -> str:
-    value = params.get(key)
-    if not isinstance(value, str) or not value:
-        raise InvalidParams(f"{key} must be a non-empty string")
-    return value
