@@ -203,7 +203,7 @@ class CpuMeter:
     """CPU seconds used by the portal, the upstream, this client, and everything else on the machine.
 
     Read from /proc between two points: on a machine that other work shares, "everything else"
-    says how disturbed a phase was, and CPU per call is a figure that disturbance barely moves.
+    says how disturbed a phase was; CPU per call is the figure that disturbance moves least.
     """
 
     _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -384,7 +384,7 @@ async def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, read
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{log.read_text()[-2000:]}")
+                raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{log.read_text()[-2000:]}")
             try:
                 async with http.get(url) as response:
                     body = await response.read()
@@ -500,7 +500,7 @@ async def measure_era(targets: dict[str, Target], pids: dict[str, int], args: ar
                     throughputs[name],
                     args.concurrency,
                     args.duration / args.rounds,
-                    args.max_calls,
+                    max(1, args.max_calls // args.rounds),
                     pids,
                 )
     era_results: dict[str, Any] = {}
@@ -551,7 +551,7 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)

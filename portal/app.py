@@ -117,7 +117,7 @@ def create_app(settings: Settings) -> Starlette:
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(render_metrics(servers), media_type="text/plain; version=0.0.4")
 
-    app = Starlette(
+    app = _PortalApp(
         routes=[
             Route("/mcp", _McpEndpoint(portal, None), methods=["GET", "POST", "DELETE"]),
             Route("/servers/{name}/mcp", _McpEndpoint(portal, "server"), methods=["GET", "POST", "DELETE"]),
@@ -128,7 +128,32 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.portal = portal
+    app.mcp_aggregated = _McpEndpoint(portal, None)
+    app.mcp_server = _McpEndpoint(portal, "server")
     return app
+
+
+class _PortalApp(Starlette):
+    """Starlette, with the MCP endpoints (the hot path) dispatched before its middleware and router."""
+
+    mcp_aggregated: Any = None
+    mcp_server: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.mcp_aggregated is not None:
+            path = scope["path"]
+            if path == "/mcp":
+                scope["app"] = self
+                await self.mcp_aggregated(scope, receive, send)
+                return
+            if path.startswith("/servers/") and path.endswith("/mcp"):
+                name = path[9:-4]
+                if name and "/" not in name:
+                    scope["app"] = self
+                    scope["path_params"] = {"name": name}
+                    await self.mcp_server(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
 
 
 class _McpEndpoint:

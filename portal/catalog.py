@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 __all__ = [
     "Catalog",
     "ServerCatalog",
@@ -90,10 +92,24 @@ class ServerCatalog:
     items: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {kind: [] for kind in KINDS})
 
     def tool(self, name: str) -> dict[str, Any] | None:
-        for tool in self.items["tools"]:
-            if tool.get("name") == name:
-                return tool
-        return None
+        return self.named("tools").get(name)
+
+    def named(self, kind: str) -> dict[str, dict[str, Any]]:
+        """`kind`'s items by name, built once per catalog (a refresh replaces the whole catalog)."""
+        index = self.__dict__.setdefault("_named", {})
+        by_name = index.get(kind)
+        if by_name is None:
+            by_name = index[kind] = {item["name"]: item for item in reversed(self.items[kind]) if "name" in item}
+        return by_name
+
+    def annotated(self, tool: str) -> bool:
+        """Whether the tool's input schema has `x-mcp-header` annotations (cached)."""
+        flags = self.__dict__.setdefault("_annotated", {})
+        flag = flags.get(tool)
+        if flag is None:
+            item = self.tool(tool)
+            flag = flags[tool] = item is not None and b"x-mcp-header" in orjson.dumps(item.get("inputSchema"))
+        return flag
 
 
 class Catalog:

@@ -364,7 +364,9 @@ def test_demo_runs_the_portal_with_the_clock_companion_and_stops_it_after(
 ) -> None:
     served: list[tuple[Settings, str, int, bool]] = []
 
-    def fake_serve(settings: Settings, *, host: str, port: int, log_level: str = "info") -> int:
+    def fake_serve(
+        settings: Settings, *, host: str, port: int, log_level: str = "info", access_log: bool = False
+    ) -> int:
         served.append((settings, host, port, _accepts(demo_example)))
         return 0
 
@@ -386,7 +388,9 @@ def test_demo_runs_the_portal_with_the_clock_companion_and_stops_it_after(
 def test_demo_stops_the_companion_when_interrupted(
     demo_example: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def interrupted(settings: Settings, *, host: str, port: int, log_level: str = "info") -> int:
+    def interrupted(
+        settings: Settings, *, host: str, port: int, log_level: str = "info", access_log: bool = False
+    ) -> int:
         assert _accepts(demo_example)
         raise KeyboardInterrupt
 

@@ -62,6 +62,7 @@ async def read_json_body(receive: Receive, headers: Mapping[str, str], limit: in
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise ParseError("Parse error: the body is not valid JSON") from None
-    if json_depth_exceeds(value, max_depth):
+    # Nesting deeper than max_depth needs more than max_depth brackets: count them in C first.
+    if body.count(b"{") + body.count(b"[") > max_depth and json_depth_exceeds(value, max_depth):
         raise BadRequest(f"JSON nesting deeper than {max_depth} levels", limit=max_depth)
     return value

@@ -106,6 +106,8 @@ class Forwarder:
         if target is None or headers is None:
             return
         catalog = self.servers.catalog.get(target.server)
+        if catalog is not None and not headers and not catalog.annotated(target.name):
+            return  # nothing to check: no Mcp-Param-* header came and the tool annotates no argument
         tool = catalog.tool(target.name) if catalog is not None else None
         schema = tool.get("inputSchema") if tool is not None else None
         if schema is None:

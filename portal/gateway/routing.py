@@ -94,8 +94,7 @@ class Router:
                 raise UnknownServer(f"Unknown server: {server}", server=server)
             # Known but not listed: it is down; let the upstream raise its own cause.
             return server, name
-        items = catalog.items["prompts" if prompt else "tools"]
-        if not any(item.get("name") == name for item in items):
+        if name not in catalog.named("prompts" if prompt else "tools"):
             raise UnknownTool(f"Unknown {what}: {name}", name=name)
         return server, name
 

@@ -41,6 +41,7 @@ class SessionCodec:
     def __init__(self, key: bytes | None = None) -> None:
         self._key = key or secrets.token_bytes(32)
         self._terminated: dict[str, float] = {}
+        self._verified: dict[str, Session] = {}
 
     def _mac(self, body: str) -> str:
         digest = hmac.new(self._key, body.encode(), hashlib.sha256).digest()[:18]
@@ -53,6 +54,19 @@ class SessionCodec:
 
     def check(self, session_id: str) -> Session | None:
         """The session behind a valid, live id; None for a forged, expired or terminated one."""
+        known = self._verified.get(session_id)
+        if known is not None:
+            if time.time() - known.issued > _SESSION_TTL or session_id in self._terminated:
+                return None
+            return known
+        session = self._check(session_id)
+        if session is not None:
+            if len(self._verified) >= 4096:
+                self._verified.clear()
+            self._verified[session_id] = session
+        return session
+
+    def _check(self, session_id: str) -> Session | None:
         body, _, mac = session_id.rpartition(".")
         if not body or not hmac.compare_digest(mac, self._mac(body)):
             return None

@@ -60,6 +60,9 @@ MODERN = MODERN_PROTOCOL_VERSIONS[-1]
 LATEST_HANDSHAKE = HANDSHAKE_PROTOCOL_VERSIONS[-1]
 PING_INTERVAL = 15.0
 """Seconds of silence after which a streamed response or notification stream sends an SSE comment."""
+WATCH_AFTER = 0.05
+"""Seconds a request runs before the portal starts watching for the client going away: a task
+per request costs more than most requests take."""
 
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
@@ -90,7 +93,7 @@ class McpTransport:
         self.instructions = instructions
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
-        self._inflight: dict[tuple[str, Any], asyncio.Task[Any]] = {}
+        self._inflight: dict[tuple[str, Any], _RunState] = {}
 
     def capabilities(self, *, modern: bool) -> dict[str, Any]:
         caps: dict[str, Any] = {
@@ -258,9 +261,8 @@ class McpTransport:
         )
         if method == "tools/call":
             # Checked against the tool's schema by the forwarder (basic/transports#custom-headers).
-            request.state[MCP_PARAM_HEADERS] = Headers(
-                raw=[(k, v) for k, v in scope["headers"] if k.lower().startswith(b"mcp-param-")]
-            )
+            raw = [(k, v) for k, v in scope["headers"] if k.lower().startswith(b"mcp-param-")]
+            request.state[MCP_PARAM_HEADERS] = Headers(raw=raw) if raw else _NO_HEADERS
         await self._run(request, receive, send, [], inflight_key=None)
 
     async def _run(
@@ -272,60 +274,46 @@ class McpTransport:
         *,
         inflight_key: tuple[str, Any] | None,
     ) -> None:
-        """Run one request through the pipeline and write its answer, JSON or SSE."""
-        notes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        """Run one request through the pipeline and write its answer, JSON or SSE.
+
+        The pipeline runs in this task. Only a request still running after WATCH_AFTER gets a
+        helper task, which notices the client going away and sends keep-alive pings.
+        """
+        me = asyncio.current_task()
+        assert me is not None
+        run = _RunState(me, send, extra)
 
         async def notify(method: str, params: Mapping[str, Any]) -> None:
-            await notes.put({"jsonrpc": "2.0", "method": method, "params": dict(params)})
+            await run.write(sse_event({"jsonrpc": "2.0", "method": method, "params": dict(params)}))
 
         request.notify = notify
-        task = asyncio.create_task(self._answer(request))
-        watcher = asyncio.create_task(_wait_disconnect(receive))
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(WATCH_AFTER, run.watch, receive)
         if inflight_key is not None:
-            self._inflight[inflight_key] = task
-        streaming = False
+            self._inflight[inflight_key] = run
         try:
-            while True:
-                getter = asyncio.ensure_future(notes.get())
-                done, _ = await asyncio.wait(
-                    {task, getter, watcher}, timeout=PING_INTERVAL, return_when=asyncio.FIRST_COMPLETED
-                )
-                if watcher in done:
-                    # The client went away: for a 2026 client that is how it cancels (transports,
-                    # cancellation); either way nobody is left to answer.
-                    getter.cancel()
-                    task.cancel()
+            try:
+                response = await self._answer(request)
+            except asyncio.CancelledError:
+                if run.cancelled_by is None or me.uncancel() > 0:
+                    raise
+                if run.cancelled_by == "disconnect":
                     return
-                if getter in done:
-                    if not streaming:
-                        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + extra})
-                        streaming = True
-                    await send({"type": "http.response.body", "body": sse_event(getter.result()), "more_body": True})
-                    continue
-                getter.cancel()
-                if task in done:
-                    break
-                if not streaming:
-                    await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + extra})
-                    streaming = True
-                await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
-            # A task cancelled here was cancelled by a 2025-11-25 client's notifications/cancelled.
-            # The HTTP exchange still needs an end; like the SDK's servers, end it with
-            # REQUEST_CANCELLED, which the client (no longer waiting) drops.
-            response = _cancelled_answer(request.request_id) if task.cancelled() else task.result()
-            if not streaming and not notes.empty():
-                # Notifications the request sent just before it finished still go first.
-                await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + extra})
-                streaming = True
-            while not notes.empty():
-                await send({"type": "http.response.body", "body": sse_event(notes.get_nowait()), "more_body": True})
-            if streaming:
-                await send({"type": "http.response.body", "body": sse_event(response), "more_body": False})
-            else:
-                status = error_status(response, modern=request.modern)
-                await _respond(send, status, orjson.dumps(response), json=True, extra=extra)
+                # 2025-11-25: the client cancelled with notifications/cancelled; end the exchange
+                # with REQUEST_CANCELLED, which the client (no longer waiting) drops.
+                response = _cancelled_answer(request.request_id)
+            async with run.lock:
+                run.finished = True
+                if run.streaming:
+                    await send({"type": "http.response.body", "body": sse_event(response), "more_body": False})
+                else:
+                    status = error_status(response, modern=request.modern)
+                    await _respond(send, status, orjson.dumps(response), json=True, extra=extra)
         finally:
-            watcher.cancel()
+            run.finished = True
+            timer.cancel()
+            if run.keeper is not None:
+                run.keeper.cancel()
             if inflight_key is not None:
                 self._inflight.pop(inflight_key, None)
 
@@ -419,6 +407,52 @@ class McpTransport:
             # Streamable HTTP, session management: an unknown session is a 404, so the client re-initializes.
             raise _HttpError.rpc(404, SessionNotFound("Session not found"))
         return session
+
+
+_NO_HEADERS: Mapping[str, str] = {}
+
+
+class _RunState:
+    """What `_run` shares with notifications, the keep-alive helper and `notifications/cancelled`."""
+
+    def __init__(self, task: asyncio.Task[Any], send: Send, extra: list[tuple[bytes, bytes]]) -> None:
+        self.task, self.send, self.extra = task, send, extra
+        self.lock = asyncio.Lock()
+        self.streaming = False
+        self.finished = False
+        self.cancelled_by: str | None = None
+        self.keeper: asyncio.Task[None] | None = None
+
+    async def write(self, chunk: bytes) -> None:
+        async with self.lock:
+            if self.finished:
+                return
+            if not self.streaming:
+                await self.send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + self.extra})
+                self.streaming = True
+            await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    def cancel(self, reason: str = "client") -> None:
+        if not self.finished and self.cancelled_by is None:
+            self.cancelled_by = reason
+            self.task.cancel()
+
+    def watch(self, receive: Receive) -> None:
+        if not self.finished:
+            self.keeper = asyncio.get_running_loop().create_task(self._keep(receive))
+
+    async def _keep(self, receive: Receive) -> None:
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            while True:
+                done, _ = await asyncio.wait({gone}, timeout=PING_INTERVAL)
+                if gone in done:
+                    # The client went away: for a 2026 client that is how it cancels.
+                    self.cancel("disconnect")
+                    return
+                await self.write(b": ping\r\n\r\n")
+        finally:
+            gone.cancel()
 
 
 class _HttpError(Exception):

@@ -105,6 +105,7 @@ class HttpConnector(RpcConnector):
                 connector=aiohttp.TCPConnector(limit=0),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
                 read_bufsize=1 << 18,
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         try:
             info = await self._negotiate()
