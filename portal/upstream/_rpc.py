@@ -176,7 +176,13 @@ class RpcConnector(EraNegotiation):
 
     @abstractmethod
     async def _reply(self, message: dict[str, Any]) -> None:
-        """Send a JSON-RPC response (to a server-to-client request)."""
+        """Send one JSON-RPC message that expects no answer (a response or a notification)."""
+
+    async def _notify(self, method: str, params: Mapping[str, Any] | None) -> None:
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = params
+        await self._reply(message)
 
     # -- calls ------------------------------------------------------------------------------
 

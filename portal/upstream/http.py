@@ -172,12 +172,6 @@ class HttpConnector(RpcConnector):
             self.session_id = response.headers.get("Mcp-Session-Id")
         return result_of(self.name, await self._answer(response, call))
 
-    async def _notify(self, method: str, params: Mapping[str, Any] | None) -> None:
-        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
-        if params is not None:
-            message["params"] = params
-        await self._post_message(message)
-
     async def _reply(self, message: dict[str, Any]) -> None:
         await self._post_message(message)
 

@@ -180,12 +180,6 @@ class StdioConnector(RpcConnector):
     async def _bootstrap(self, call: Call, version: str | None) -> dict[str, Any]:
         return await self._roundtrip(call)
 
-    async def _notify(self, method: str, params: Mapping[str, Any] | None) -> None:
-        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
-        if params is not None:
-            message["params"] = params
-        await self._send(message)
-
     async def _reply(self, message: dict[str, Any]) -> None:
         await self._send(message)
 
