@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from portal.db import create_engine, init_db
-from portal.demo import companions_for, prepare_demo
+from portal.demo import companions_for, ensure_demo_user, prepare_demo
 from portal.errors import PortalError
 from portal.registry import Registry
 from portal.settings import PROTOCOL_CHOICES, ServerConfig, Settings, load_settings
@@ -199,6 +199,7 @@ def _demo_command(args: argparse.Namespace) -> int:
     settings = load_settings(config)
     with open_registry(settings) as registry:
         names = [server.name for server in registry.servers() if server.enabled]
+    login = ensure_demo_user(settings, data_dir)
     with ExitStack() as stack:
         companions = [stack.enter_context(companion) for companion in companions_for(settings, data_dir)]
         print("Portal demo")
@@ -208,6 +209,9 @@ def _demo_command(args: argparse.Namespace) -> int:
             print(f"  {name:<13} {settings.public_url}/servers/{name}/mcp")
         for companion in companions:
             print(f"  companion     {companion.name} at {companion.url} (log: {companion.log_path})")
+        password = login.password or f"(unknown: {login.password_file} is gone)"
+        print(f"  log in as     {login.user}, password {password}")
+        print(f"  script token  {login.mint_command(data_dir, settings.public_url)}")
         sys.stdout.flush()
         status = serve(settings, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return status
@@ -388,5 +392,27 @@ def add_auth_commands(commands: Commands) -> None:
     add_commands(commands)
 
 
-COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (add_run_commands, add_servers_commands, add_auth_commands)
+def add_policy_commands(commands: Commands) -> None:
+    """`portal policy|approvals` (in `portal.policy.cli`, imported when the parser is built)."""
+    from portal.policy.cli import add_commands
+
+    add_commands(commands)
+
+
+def add_audit_commands(commands: Commands) -> None:
+    """`portal audit ...` and `portal db upgrade` (in `portal.audit.cli`, imported when the parser is built)."""
+    from portal.audit.cli import add_audit_commands as add_audit
+    from portal.audit.cli import add_db_commands
+
+    add_audit(commands)
+    add_db_commands(commands)
+
+
+COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
+    add_run_commands,
+    add_servers_commands,
+    add_auth_commands,
+    add_policy_commands,
+    add_audit_commands,
+)
 """Every command group, in the order `portal --help` lists them."""

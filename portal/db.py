@@ -40,7 +40,12 @@ __all__ = [
 BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite write waits for another process's write to finish before failing."""
 
-TABLE_MODULES: tuple[str, ...] = ("portal.registry", "portal.auth.tables")
+TABLE_MODULES: tuple[str, ...] = (
+    "portal.registry",
+    "portal.auth.tables",
+    "portal.audit.tables",
+    "portal.policy.obligations",
+)
 """Modules defining SQLModel tables; a module that adds tables is listed here."""
 
 # Any 64-bit constant works; it only has to be the same in every replica.
