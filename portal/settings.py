@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from portal.audit.settings import AuditSettings
 from portal.auth.settings import AuthSettings, parse_auth_settings
 from portal.errors import ConfigError
 
@@ -169,6 +170,8 @@ class Settings:
     """`[[servers]]` tables of the file."""
     auth: AuthSettings = field(default_factory=AuthSettings)
     """`[auth]`: tokens, identity providers, clients and grants (see `portal.auth.settings`)."""
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    """`[audit]`: spool, result bodies, checkpoints (see `portal.audit.settings`)."""
 
     def resolve_path(self, value: str) -> Path:
         path = Path(value)
@@ -230,7 +233,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
     if duplicates:
         raise ConfigError(f"duplicate server names: {', '.join(duplicates)}")
     auth = parse_auth_settings(raw.get("auth", {}), env)
-    settings = Settings(base_dir=str(base_dir), servers=servers, auth=auth, **values)
+    audit = AuditSettings.from_mapping(raw.get("audit", {}))
+    settings = Settings(base_dir=str(base_dir), servers=servers, auth=auth, audit=audit, **values)
     if not settings.public_url.startswith(("http://", "https://")):
         raise ConfigError("[portal] public_url must be an http(s) URL")
     return replace(settings, public_url=settings.public_url.rstrip("/"))

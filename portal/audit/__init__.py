@@ -10,12 +10,37 @@ Wiring (in `create_app`)::
     await audit.admin("alice", "servers.add", "notes", {...})
 """
 
-from portal.audit.chain import VerifyReport, record_hash, verify_chain
-from portal.audit.log import AuditLog, AuditUnavailable, Spool, prune
-from portal.audit.query import Filters, Page, export, search, show, stats
-from portal.audit.redact import Redactor
-from portal.audit.settings import AuditSettings
-from portal.audit.stage import AuditGate, AuditStage
+import importlib
+from typing import Any
+
+# Resolved on first use (PEP 562): `portal.settings` imports `portal.audit.settings`, and an eager
+# import of the whole package from here would import the settings module back half-built.
+_EXPORTS = {
+    "VerifyReport": "portal.audit.chain",
+    "record_hash": "portal.audit.chain",
+    "verify_chain": "portal.audit.chain",
+    "AuditLog": "portal.audit.log",
+    "AuditUnavailable": "portal.audit.log",
+    "Spool": "portal.audit.log",
+    "prune": "portal.audit.log",
+    "Filters": "portal.audit.query",
+    "Page": "portal.audit.query",
+    "export": "portal.audit.query",
+    "search": "portal.audit.query",
+    "show": "portal.audit.query",
+    "stats": "portal.audit.query",
+    "Redactor": "portal.audit.redact",
+    "AuditSettings": "portal.audit.settings",
+    "AuditGate": "portal.audit.stage",
+    "AuditStage": "portal.audit.stage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'portal.audit' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
 
 __all__ = [
     "AuditGate",
