@@ -6,7 +6,8 @@ The worker stops at every host interaction and hands back a snapshot. The runner
   program has in flight at once (`asyncio.gather`) runs concurrently on the caller's event loop, through the
   caller's `call_tool`;
 - a TypedDict "constructor" (`Note(id=1, ...)`) returns the dict;
-- the import of `tools` is answered from the SDK modules; sleeps are served within the deadline;
+- the import of `tools` is answered from the SDK modules the program imports (`SdkModules.select`), the only ones
+  the run loads and checks against; sleeps are served within the deadline;
 - any other name, module or OS call is refused, exactly as if it did not exist.
 
 Limits: the wall-clock deadline covers everything (checks, tool waits, sleeps); a worker still busy at the deadline is
@@ -40,7 +41,7 @@ from codemode.checker import BUILTIN_STUBS
 from codemode.errors import Abort, classify
 from codemode.outcome import CallRecord, ExecuteError, ExecuteResult, Limits
 from codemode.results import describe_failure, plain_json, sandbox_value, to_json
-from codemode.sandbox import Sandbox, SdkModules
+from codemode.sandbox import Sandbox, SdkModules, SdkPackage
 from codemode.sdk import PACKAGE, ToolBinding
 
 __all__ = ["CallTool", "run_program"]
@@ -291,8 +292,8 @@ async def run_program(
     value: Any = None
     error: ExecuteError | None = None
     try:
-        warm = await run.blocking(sandbox.checker(modules).check, code, waits=True)
-        session = _checkout(sandbox, modules, limits, type_check=not warm)
+        package, warm = await run.blocking(_check, sandbox, modules, code, waits=True)
+        session = _checkout(sandbox, package, limits, type_check=not warm)
         await run.blocking(session.__enter__, waits=True)
         run.worker = session.worker_pid
         run.output.on_overflow = run.kill_worker
@@ -324,7 +325,13 @@ async def run_program(
     return _result(run, started, value, error, warnings)
 
 
-def _checkout(sandbox: Sandbox, modules: SdkModules, limits: Limits, *, type_check: bool) -> MontySession:
+def _check(sandbox: Sandbox, modules: SdkModules, code: str) -> tuple[SdkPackage, bool]:
+    """The package the program gets (the modules it imports), and whether the warm check found it clean."""
+    package = modules.select(code)
+    return package, sandbox.checker(package).check(code)
+
+
+def _checkout(sandbox: Sandbox, package: SdkPackage, limits: Limits, *, type_check: bool) -> MontySession:
     return sandbox.pool().checkout(
         script_name="main.py",
         type_check=type_check,
@@ -338,7 +345,7 @@ def _checkout(sandbox: Sandbox, modules: SdkModules, limits: Limits, *, type_che
             "max_suspensions": limits.tool_calls * 4 + 200,
         },
         os_policy={"sleep": "system", "sleep_system_max": limits.timeout},
-        external_modules={PACKAGE: modules.package},
+        external_modules={PACKAGE: package.package},
     )
 
 

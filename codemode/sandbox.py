@@ -24,9 +24,10 @@ from typing import Any
 from pydantic_monty import ExternalModule, Monty
 
 from codemode.checker import TypeChecker
+from codemode.imports import imported_modules
 from codemode.sdk import PACKAGE, PACKAGE_STUB, Sdk
 
-__all__ = ["Sandbox", "SdkModules", "default_sandbox"]
+__all__ = ["Sandbox", "SdkModules", "SdkPackage", "default_sandbox"]
 
 
 def _host_only(*_args: Any, **_kwargs: Any) -> Any:
@@ -34,15 +35,29 @@ def _host_only(*_args: Any, **_kwargs: Any) -> Any:
     raise RuntimeError("SDK calls are dispatched by the code mode runner")
 
 
+class SdkPackage:
+    """The `tools` package one run gets: the SDK's package stub with some (or all) of its server modules."""
+
+    def __init__(self, package: ExternalModule, module_names: list[str], key: str) -> None:
+        self.package = package
+        self.module_names = module_names  # in SDK order
+        self.key = key  # identical selections of identical SDKs share one warm checker
+
+
 class SdkModules:
     """The sandbox-side `tools` package of one SDK: stubs for the checker, placeholder callables for the runtime.
 
     Each server module holds its tool functions and, so `from tools.notes import Note` works at run time too, its
     TypedDict names, which build plain dicts when called as constructors.
+
+    A run gets only the server modules its program imports (`select`): loading and checking a module costs time in
+    proportion to its size, and a program rarely uses more than a few of an SDK's servers.
     """
 
+    _CACHED_SELECTIONS = 64
+
     def __init__(self, sdk: Sdk) -> None:
-        submodules: dict[str, Any] = {}
+        self._submodules: dict[str, ExternalModule] = {}
         self.type_names: set[str] = {f"{PACKAGE}.ToolContent"}
         digest = hashlib.sha256(PACKAGE_STUB.encode())
         for module in sdk.modules:
@@ -52,10 +67,36 @@ class SdkModules:
             for definition in module.types:
                 attrs[definition.name] = _host_only
                 self.type_names.add(f"{PACKAGE}.{module.module}.{definition.name}")
-            submodules[module.module] = ExternalModule(attrs, stubs=stub)
-        self.package = ExternalModule({**submodules, "ToolContent": _host_only}, stubs=PACKAGE_STUB)
+            self._submodules[module.module] = ExternalModule(attrs, stubs=stub)
         self.module_names = [module.module for module in sdk.modules]
-        self.key = digest.hexdigest()  # identical SDKs share one warm checker
+        self.key = digest.hexdigest()
+        self.whole = self._package(None)
+        self._lock = threading.Lock()
+        self._selections: OrderedDict[frozenset[str], SdkPackage] = OrderedDict()
+
+    def select(self, code: str) -> SdkPackage:
+        """The package for `code`: the server modules it imports, or all of them when that cannot be told."""
+        names = imported_modules(code, self._submodules)
+        if names is None:
+            return self.whole
+        with self._lock:
+            selection = self._selections.get(names)
+            if selection is not None:
+                self._selections.move_to_end(names)
+                return selection
+        selection = self._package(names)
+        with self._lock:
+            self._selections[names] = selection
+            while len(self._selections) > self._CACHED_SELECTIONS:
+                self._selections.popitem(last=False)
+        return selection
+
+    def _package(self, names: frozenset[str] | None) -> SdkPackage:
+        chosen = [name for name in self.module_names if names is None or name in names]
+        submodules = {name: self._submodules[name] for name in chosen}
+        package = ExternalModule({**submodules, "ToolContent": _host_only}, stubs=PACKAGE_STUB)
+        key = self.key if names is None else f"{self.key}:{','.join(chosen)}"
+        return SdkPackage(package, chosen, key)
 
 
 class Sandbox:
@@ -95,8 +136,12 @@ class Sandbox:
                 self._pool = pool
             return self._pool
 
-    def checker(self, modules: SdkModules) -> TypeChecker:
-        """The warm checker for an SDK, created on first use; the least recently used one beyond the limit closes."""
+    def checker(self, modules: SdkPackage) -> TypeChecker:
+        """The warm checker for a package, created on first use; the least recently used one beyond the limit closes.
+
+        Checkers are per selection of an SDK's modules (`SdkModules.select`): a checker primed with fewer modules
+        starts and checks faster.
+        """
         evicted: list[TypeChecker] = []
         with self._lock:
             checker = self._checkers.get(modules.key)

@@ -98,7 +98,7 @@ class CodeMode:
     async def warm_up(self) -> None:
         """Start the sandbox's workers and this SDK's type checker now, so the first `execute` does not wait."""
         sandbox = self._sandbox or default_sandbox()
-        checker = sandbox.checker(self._modules)
+        checker = sandbox.checker(self._modules.select("pass"))  # the checker of programs that import no module
         await asyncio.get_running_loop().run_in_executor(sandbox.waiting_executor, checker.check, "pass")
 
     def tool_definitions(self) -> list[dict[str, Any]]:
