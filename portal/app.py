@@ -23,8 +23,13 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from portal import __version__
+from portal.auth.guard import CapabilityGuard
+from portal.auth.principal import Principal
+from portal.auth.resource import protected_resource_metadata
+from portal.auth.service import CORS_PREFLIGHT, AuthService
 from portal.db import create_engine, init_db
 from portal.errors import UnknownServer
+from portal.gateway.codemode import CODEMODE_ENDPOINT, CodeModeGateway
 from portal.gateway.forward import Forwarder
 from portal.gateway.rendering import jsonrpc_error
 from portal.gateway.routing import Router
@@ -47,10 +52,12 @@ class Portal:
 
     settings: Settings
     registry: Registry
+    auth: AuthService
     servers: ServerSet
     pipeline: Pipeline
     transport: McpTransport
     streams: Streams
+    codemode: CodeModeGateway
 
 
 def build_stages(settings: Settings, servers: ServerSet) -> list[Stage]:
@@ -59,14 +66,17 @@ def build_stages(settings: Settings, servers: ServerSet) -> list[Stage]:
     The router comes first, so that every later stage sees which server and tool a
     request is for. Authorization and audit join here as their issues land.
     """
-    return [Router(servers)]
+    return [Router(servers), CapabilityGuard(servers)]
 
 
 def create_app(settings: Settings) -> Starlette:
     engine = create_engine(settings)
     registry = Registry(settings, engine)
+    auth = AuthService(settings, engine)
     servers = ServerSet(base_dir=settings.base_dir, ping_interval=settings.health_interval_seconds)
-    pipeline = Pipeline(build_stages(settings, servers), Forwarder(servers))
+    codemode = CodeModeGateway(servers)
+    pipeline = Pipeline(build_stages(settings, servers), Forwarder(servers, codemode))
+    codemode.bind(pipeline)
     streams = Streams()
     servers.subscribe(streams.list_changed)
     key = (
@@ -74,8 +84,14 @@ def create_app(settings: Settings) -> Starlette:
         if settings.session_secret
         else None
     )
+
+    async def authenticate(token: str, audience: str) -> Principal:
+        return await auth.verify_access_token(token, audience=audience)
+
     transport = McpTransport(
         pipeline=pipeline,
+        authenticate=authenticate,
+        public_url=settings.public_url,
         sessions=SessionCodec(key),
         streams=streams,
         server_info={"name": "portal", "version": __version__},
@@ -83,12 +99,14 @@ def create_app(settings: Settings) -> Starlette:
         max_body_bytes=settings.max_body_bytes,
         max_json_depth=settings.max_json_depth,
     )
-    portal = Portal(settings, registry, servers, pipeline, transport, streams)
+    portal = Portal(settings, registry, auth, servers, pipeline, transport, streams, codemode)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(init_db, engine)
+        await auth.start()
         await servers.apply(await asyncio.to_thread(registry.servers))
+        await codemode.start()
         watcher = asyncio.create_task(_watch_registry(portal), name="registry-watch")
         try:
             yield
@@ -97,6 +115,8 @@ def create_app(settings: Settings) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await servers.close()
+            await codemode.stop()
+            await auth.close()
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(registry.record_health, _health_rows(portal))
             engine.dispose()
@@ -114,6 +134,22 @@ def create_app(settings: Settings) -> Starlette:
         body["servers"] = dict(servers.health())
         return JSONResponse(body, status_code=200 if database == "ok" else 503)
 
+    async def resource_metadata(request: Request) -> Response:
+        # Browser-based clients read it from another origin, as they do the authorization server's metadata.
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers=CORS_PREFLIGHT)
+        path = "/" + request.path_params["path"]
+        if path == "/mcp":
+            scopes = ["tools:*", *(f"tools:{name}" for name in servers.upstreams)]
+        elif path == CODEMODE_ENDPOINT.path:
+            scopes = ["codemode"]
+        elif (name := _server_of(path)) is not None and name in servers.upstreams:
+            scopes = [f"tools:{name}"]
+        else:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        metadata = protected_resource_metadata(settings.public_url, path, scopes)
+        return JSONResponse(metadata, headers={"Access-Control-Allow-Origin": "*"})
+
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(render_metrics(servers), media_type="text/plain; version=0.0.4")
 
@@ -121,6 +157,9 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/mcp", _McpEndpoint(portal, None), methods=["GET", "POST", "DELETE"]),
             Route("/servers/{name}/mcp", _McpEndpoint(portal, "server"), methods=["GET", "POST", "DELETE"]),
+            Route(CODEMODE_ENDPOINT.path, _McpEndpoint(portal, "codemode"), methods=["GET", "POST", "DELETE"]),
+            Route("/.well-known/oauth-protected-resource/{path:path}", resource_metadata, methods=["GET", "OPTIONS"]),
+            *auth.routes(),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
@@ -130,6 +169,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.portal = portal
     app.mcp_aggregated = _McpEndpoint(portal, None)
     app.mcp_server = _McpEndpoint(portal, "server")
+    app.mcp_codemode = _McpEndpoint(portal, "codemode")
     return app
 
 
@@ -138,6 +178,7 @@ class _PortalApp(Starlette):
 
     mcp_aggregated: Any = None
     mcp_server: Any = None
+    mcp_codemode: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.mcp_aggregated is not None:
@@ -153,11 +194,15 @@ class _PortalApp(Starlette):
                     scope["path_params"] = {"name": name}
                     await self.mcp_server(scope, receive, send)
                     return
+            if path == "/codemode/mcp":
+                scope["app"] = self
+                await self.mcp_codemode(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
 class _McpEndpoint:
-    """ASGI app of one MCP route; resolves `/servers/{name}/mcp` to its server."""
+    """ASGI app of one MCP route (`/mcp`, `/codemode/mcp`); resolves `/servers/{name}/mcp` to its server."""
 
     def __init__(self, portal: Portal, kind: str | None) -> None:
         self.portal = portal
@@ -168,6 +213,9 @@ class _McpEndpoint:
         if self.kind is None:
             await self.portal.transport.handle(self._aggregated, scope, receive, send)
             return
+        if self.kind == "codemode":
+            await self.portal.transport.handle(CODEMODE_ENDPOINT, scope, receive, send)
+            return
         name = scope["path_params"]["name"]
         upstream = self.portal.servers.get(name)
         if upstream is None or not upstream.config.enabled:
@@ -177,6 +225,11 @@ class _McpEndpoint:
             return
         endpoint = Endpoint("server", f"/servers/{name}/mcp", server=name)
         await self.portal.transport.handle(endpoint, scope, receive, send)
+
+
+def _server_of(path: str) -> str | None:
+    parts = path.split("/")
+    return parts[2] if len(parts) == 4 and parts[1] == "servers" and parts[3] == "mcp" else None
 
 
 def _ping_database(engine: Any) -> None:

@@ -5,30 +5,43 @@ is copied into a data folder (a fresh temporary one unless the user names one),
 with every relative path made absolute, the database moved into the folder and the
 public URL matching the address served. The example's remote server, `clock`, is
 "somewhere on the network"; the demo starts it as a companion process on loopback.
+
+People log in as the local user `demo`, whom `[auth.grants]` of the example lets use
+every tool. Their password is generated once per data folder and kept in it
+(`demo-password`, readable by its owner only), so a demo run again on the same folder
+keeps its login.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from portal.auth.crypto import KEY_FILE_NAME
 from portal.errors import ConfigError, PortalError
 from portal.settings import Settings
 from portal.toml_writer import dumps
 
 __all__ = [
     "COMPANIONS",
+    "DEMO_USER",
     "EXAMPLE_CONFIG",
+    "PASSWORD_FILE",
     "REPO_ROOT",
     "Companion",
+    "DemoLogin",
     "companions_for",
+    "ensure_demo_user",
     "prepare_demo",
     "public_url_for",
 ]
@@ -41,6 +54,11 @@ COMPANIONS = {"clock": "servers.clock"}
 
 START_TIMEOUT = 30.0
 """Seconds a companion may take to accept connections (importing the MCP SDK is slow on a cold disk)."""
+
+DEMO_USER = "demo"
+"""The local user people log in as; `[auth.grants]` of the example grants it every tool."""
+PASSWORD_FILE = "demo-password"
+"""The file of the data folder that keeps the demo user's password."""
 
 
 def public_url_for(host: str, port: int) -> str:
@@ -71,11 +89,68 @@ def prepare_demo(data_dir: Path, *, host: str, port: int, example: Path | None =
     if "session_secret" in portal:
         portal["session_secret"] = _absolute_reference(base, portal["session_secret"])
     raw["portal"] = portal
+    auth = dict(raw.get("auth", {}))
+    if "master_key" in auth:
+        auth["master_key"] = _absolute_reference(base, auth["master_key"])
+    else:
+        # The key that encrypts the demo's signing keys, made once per data folder and kept in it.
+        auth["master_key"] = f"file:{_master_key_file(data_dir)}"
+    raw["auth"] = auth
     raw["servers"] = [_absolute_server(base, server) for server in raw.get("servers", [])]
 
     config = data_dir / "portal.toml"
     config.write_text(dumps(raw, header=f"Written by `portal demo` from {example.resolve()}; rewritten on every run."))
     return config
+
+
+@dataclass(frozen=True)
+class DemoLogin:
+    """How a person logs in to the demo, and how a script gets a token."""
+
+    user: str
+    password: str | None
+    """None when the user exists but its password file is gone (the password is then unknown)."""
+    password_file: Path
+
+    def mint_command(self, data_dir: Path, public_url: str) -> str:
+        return f"portal tokens mint --data {data_dir} --user {self.user} --resource {public_url}/mcp"
+
+
+def ensure_demo_user(settings: Settings, data_dir: Path) -> DemoLogin:
+    """The local user `demo` of the demo's database, created with a password generated for this data folder.
+
+    The password is kept in `data_dir/demo-password` (mode 0600); a later run on the same folder reads it
+    back instead of making a new one.
+    """
+    # Imported here: `portal demo` is the only command that needs the authorization server's tables.
+    from portal.auth.users import Users
+    from portal.db import create_engine, init_db
+
+    password_file = data_dir / PASSWORD_FILE
+    engine = create_engine(settings)
+    try:
+        init_db(engine)
+        users = Users(engine)
+        if users.get(DEMO_USER) is not None:
+            known = password_file.read_text().strip() if password_file.is_file() else None
+            return DemoLogin(DEMO_USER, known or None, password_file)
+        password = secrets.token_urlsafe(12)
+        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(password + "\n")
+        users.add(DEMO_USER, password, [])
+        return DemoLogin(DEMO_USER, password, password_file)
+    finally:
+        engine.dispose()
+
+
+def _master_key_file(data_dir: Path) -> Path:
+    path = data_dir / KEY_FILE_NAME
+    if not path.exists():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+    return path
 
 
 def _absolute(base: Path, value: str) -> str:

@@ -21,9 +21,26 @@ if TYPE_CHECKING:
     from portal.auth.principal import Principal
     from portal.gateway.routing import Target
 
-__all__ = ["Endpoint", "Handler", "McpRequest", "Pipeline", "Stage"]
+__all__ = [
+    "CODEMODE_RUN",
+    "PARENT_REQUEST_ID",
+    "VIA_CODEMODE",
+    "Endpoint",
+    "Handler",
+    "McpRequest",
+    "Pipeline",
+    "Stage",
+]
 
 Notify = Callable[[str, Mapping[str, Any]], Awaitable[None]]
+
+# Keys of `McpRequest.state` that the portal itself sets, for the stages that read them (policy, audit).
+VIA_CODEMODE = "via_codemode"
+"""True on a request a Code Mode program made (an inner call, or the listing its SDK is built from)."""
+PARENT_REQUEST_ID = "parent_request_id"
+"""On an inner Code Mode request: the JSON-RPC id of the `execute` (or `search`) request it belongs to."""
+CODEMODE_RUN = "codemode_run"
+"""The id of one Code Mode run: on the `execute` request itself and on every inner call it makes."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +91,20 @@ class Pipeline:
 
     def __init__(self, stages: Sequence[Stage], endpoint: Handler) -> None:
         self.stages = tuple(stages)
-        self._chain = endpoint
+        self.endpoint = endpoint
+        self._chain = self._build()
+
+    def _build(self) -> Handler:
         # Built once, from the inside out, so a request pays one call per stage and nothing else.
+        chain = self.endpoint
         for stage in reversed(self.stages):
-            self._chain = _link(stage, self._chain)
+            chain = _link(stage, chain)
+        return chain
+
+    def append(self, stage: Stage) -> None:
+        """Add `stage` after the others, just before the endpoint; requests from now on pass through it."""
+        self.stages = (*self.stages, stage)
+        self._chain = self._build()
 
     async def __call__(self, request: McpRequest) -> dict[str, Any]:
         return await self._chain(request)

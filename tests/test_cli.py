@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import socket
@@ -20,9 +21,10 @@ if str(REPO_ROOT) not in sys.path:  # importable without installing the project
 
 import portal.cli  # noqa: E402
 import portal.demo  # noqa: E402
+from portal.auth.users import Users  # noqa: E402
 from portal.cli import build_parser, main  # noqa: E402
 from portal.db import create_engine, init_db  # noqa: E402
-from portal.demo import EXAMPLE_CONFIG, prepare_demo, public_url_for  # noqa: E402
+from portal.demo import DEMO_USER, EXAMPLE_CONFIG, PASSWORD_FILE, prepare_demo, public_url_for  # noqa: E402
 from portal.registry import HealthRow, Registry  # noqa: E402
 from portal.settings import Settings, load_settings  # noqa: E402
 from portal.toml_writer import dumps  # noqa: E402
@@ -383,6 +385,60 @@ def test_demo_runs_the_portal_with_the_clock_companion_and_stops_it_after(
         assert f"http://127.0.0.1:8123/servers/{name}/mcp" in out
     assert str(data.resolve()) in out
     assert not _accepts(demo_example)
+    # The person logs in as `demo` with the password printed; a script mints a token instead.
+    password = (data / PASSWORD_FILE).read_text().strip()
+    assert f"log in as     demo, password {password}" in out
+    assert f"portal tokens mint --data {data.resolve()} --user demo --resource http://127.0.0.1:8123/mcp" in out
+
+
+def _demo_once(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, data: Path) -> str:
+    monkeypatch.setattr(portal.cli, "serve", lambda *args, **kwargs: 0)
+    status, out, err = run(capsys, "demo", "--port", "8123", "--data", str(data))
+    assert status == 0, err
+    return out
+
+
+def test_the_demo_user_logs_in_with_the_password_of_its_data_folder_and_may_use_every_tool(
+    demo_example: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "demo-data"
+    _demo_once(capsys, monkeypatch, data)
+    password_file = data / PASSWORD_FILE
+    password = password_file.read_text().strip()
+    assert len(password) >= 16
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    settings = load_settings(data / "portal.toml")
+    assert settings.auth.grants[DEMO_USER] == ("tools:*", "codemode")
+    assert settings.auth.allow_loopback_http
+    # The key that encrypts the signing keys is the data folder's own, made once, readable by its owner only.
+    key_file = data.resolve() / "portal-master.key"
+    assert settings.auth.master_key == f"file:{key_file}"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    users = Users(create_engine(settings))
+    assert users.authenticate(DEMO_USER, password) is not None
+    assert users.authenticate(DEMO_USER, password + "x") is None
+
+    # The command the demo prints gives a script a token for /mcp with everything the user was granted.
+    status, token, err = run(
+        capsys, "tokens", "mint", "--data", str(data), "--user", "demo", "--resource", "http://127.0.0.1:8123/mcp"
+    )
+    assert status == 0, err
+    claims = json.loads(base64.urlsafe_b64decode(token.strip().split(".")[1] + "=="))
+    assert (claims["sub"], claims["aud"], claims["scope"]) == ("demo", "http://127.0.0.1:8123/mcp", "codemode tools:*")
+
+
+def test_a_demo_run_again_on_its_data_folder_keeps_the_password_and_a_new_folder_gets_another(
+    demo_example: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _demo_once(capsys, monkeypatch, tmp_path / "one")
+    again = _demo_once(capsys, monkeypatch, tmp_path / "one")
+    other = _demo_once(capsys, monkeypatch, tmp_path / "two")
+
+    def password(out: str) -> str:
+        return next(line for line in out.splitlines() if "log in as" in line).rsplit(" ", 1)[1]
+
+    assert password(first) == password(again) == (tmp_path / "one" / PASSWORD_FILE).read_text().strip()
+    assert password(other) != password(first)
 
 
 def test_demo_stops_the_companion_when_interrupted(

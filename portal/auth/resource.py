@@ -44,6 +44,9 @@ class AuthenticationRequired(PortalError):
         self.error = error
         self.scope = scope
 
+    def to_data(self) -> dict[str, Any]:
+        return {"code": self.error or "authentication_required", **self.data}
+
 
 class TokenInQuery(AuthenticationRequired):
     code = "invalid_request"

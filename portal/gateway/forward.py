@@ -2,7 +2,9 @@
 
 Lists are answered from the catalog (so they never wait on a slow server, and a
 down server just drops out); calls, reads and prompt requests are renamed back to
-the upstream's own names and forwarded to the one server they belong to.
+the upstream's own names and forwarded to the one server they belong to. Requests
+on `/codemode/mcp` go to Code Mode, whose programs' calls come back through the
+pipeline on the aggregated view.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from portal.catalog import aggregate_uri
 from portal.errors import HeaderMismatch, MethodNotFound, UnknownServer
 from portal.gateway.rendering import input_required_for_legacy
 from portal.gateway.servers import ServerSet
-from portal.pipeline import McpRequest
+from portal.pipeline import Handler, McpRequest
 from portal.upstream.base import NotificationHandler
 
 __all__ = ["FORWARDED_METHODS", "Forwarder"]
@@ -40,10 +42,16 @@ MCP_PARAM_HEADERS = "mcp_param_headers"
 class Forwarder:
     """Answers one MCP request for an endpoint's view of the servers."""
 
-    def __init__(self, servers: ServerSet) -> None:
+    def __init__(self, servers: ServerSet, codemode: Handler | None = None) -> None:
         self.servers = servers
+        self.codemode = codemode
+        """Answers requests on `/codemode/mcp` (`portal.gateway.codemode.CodeModeGateway`)."""
 
     async def __call__(self, request: McpRequest) -> dict[str, Any]:
+        if request.endpoint.kind == "codemode":
+            if self.codemode is None:
+                raise MethodNotFound(f"Method not found: {request.method}", method=request.method)
+            return await self.codemode(request)
         method = request.method
         if method in _LISTS:
             return self._list(request, _LISTS[method])

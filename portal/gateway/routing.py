@@ -40,7 +40,9 @@ class Router:
         self.servers = servers
 
     async def __call__(self, request: McpRequest, call_next: Handler) -> dict[str, Any]:
-        if request.method in _RESOLVERS:
+        # Code Mode's own tools (`search`, `execute`) are no server's; the calls its programs make come
+        # back through the pipeline on the aggregated view, and are routed then.
+        if request.method in _RESOLVERS and request.endpoint.kind != "codemode":
             request.target = _RESOLVERS[request.method](self, request)
         return await call_next(request)
 

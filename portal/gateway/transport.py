@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -37,6 +37,10 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, KNOWN_PROTOCOL_VERSIO
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
+from portal.auth.errors import InvalidToken
+from portal.auth.guard import endpoint_scope
+from portal.auth.principal import Principal
+from portal.auth.resource import AuthenticationRequired, InsufficientScope, bearer_token, challenge
 from portal.errors import (
     BadRequest,
     HeaderMismatch,
@@ -50,7 +54,10 @@ from portal.gateway.rendering import error_status, jsonrpc_error, jsonrpc_result
 from portal.gateway.sessions import Session, SessionCodec, Stream, Streams
 from portal.pipeline import Endpoint, Handler, McpRequest
 
-__all__ = ["McpTransport"]
+__all__ = ["Authenticate", "McpTransport"]
+
+Authenticate = Callable[[str, str], Awaitable[Principal]]
+"""`(token, audience) -> Principal`, raising `InvalidToken`."""
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +86,8 @@ class McpTransport:
         self,
         *,
         pipeline: Handler,
+        authenticate: Authenticate,
+        public_url: str,
         sessions: SessionCodec,
         streams: Streams,
         server_info: Mapping[str, Any],
@@ -87,6 +96,8 @@ class McpTransport:
         max_json_depth: int = 64,
     ) -> None:
         self.pipeline = pipeline
+        self.authenticate = authenticate
+        self.public_url = public_url
         self.sessions = sessions
         self.streams = streams
         self.server_info = dict(server_info)
@@ -110,21 +121,49 @@ class McpTransport:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         method = scope["method"]
         try:
+            if method not in ("POST", "GET", "DELETE"):
+                raise _HttpError(405, None, [(b"allow", b"GET, POST, DELETE")])
+            # Every request on every MCP endpoint carries a valid token for exactly this endpoint
+            # (MCP authorization; RFC 8707 audience binding), before anything else is looked at.
+            principal = await self._authenticate(endpoint, headers, scope.get("query_string", b""))
             if method == "POST":
-                await self._post(endpoint, scope, headers, receive, send)
+                await self._post(endpoint, scope, headers, receive, send, principal)
             elif method == "GET":
-                await self._get(endpoint, headers, receive, send)
-            elif method == "DELETE":
-                await self._delete(headers, send)
+                await self._get(endpoint, headers, receive, send, principal)
             else:
-                await _respond(send, 405, b"", extra=[(b"allow", b"GET, POST, DELETE")])
+                await self._delete(headers, send, principal)
         except _HttpError as exc:
             await _respond(send, exc.status, orjson.dumps(exc.body) if exc.body else b"", extra=exc.headers)
+
+    async def _authenticate(self, endpoint: Endpoint, headers: dict[str, str], query: bytes) -> Principal:
+        try:
+            token = bearer_token(headers, query)
+            if token is None:
+                # RFC 6750 §3.1: a request without credentials gets a challenge but no error code.
+                raise AuthenticationRequired("Authentication required", error=None)
+            return await self.authenticate(token, f"{self.public_url}{endpoint.path}")
+        except AuthenticationRequired as exc:
+            raise self._challenge(endpoint, exc) from None
+        except InvalidToken as exc:
+            raise self._challenge(endpoint, AuthenticationRequired(exc.message)) from None
+
+    def _challenge(self, endpoint: Endpoint, exc: AuthenticationRequired | InsufficientScope) -> _HttpError:
+        header = challenge(self.public_url, endpoint.path, exc, endpoint_scope(endpoint.kind, endpoint.server))
+        body = jsonrpc_error(None, exc)
+        return _HttpError(
+            exc.http_status, body, [(b"content-type", b"application/json"), (b"www-authenticate", header.encode())]
+        )
 
     # -- POST ------------------------------------------------------------------------------------
 
     async def _post(
-        self, endpoint: Endpoint, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
+        self,
+        endpoint: Endpoint,
+        scope: Scope,
+        headers: dict[str, str],
+        receive: Receive,
+        send: Send,
+        principal: Principal,
     ) -> None:
         content_type = headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
@@ -160,19 +199,21 @@ class McpTransport:
         if not isinstance(message["method"], str) or (params is not None and not isinstance(params, dict)):
             raise _HttpError.rpc(400, BadRequest("Invalid JSON-RPC request"), message.get("id"))
         if "id" not in message:
-            await self._notification(message, headers, modern, send)
+            await self._notification(message, headers, modern, send, principal)
             return
         request_id = message["id"]
         if isinstance(request_id, bool) or not isinstance(request_id, str | int):
             raise _HttpError.rpc(400, BadRequest("Request id must be a string or an integer"))
         if modern:
-            await self._modern_request(endpoint, message, scope, headers, receive, send)
+            await self._modern_request(endpoint, message, scope, headers, receive, send, principal)
         else:
-            await self._legacy_request(endpoint, message, headers, receive, send)
+            await self._legacy_request(endpoint, message, headers, receive, send, principal)
 
-    async def _notification(self, message: dict[str, Any], headers: dict[str, str], modern: bool, send: Send) -> None:
+    async def _notification(
+        self, message: dict[str, Any], headers: dict[str, str], modern: bool, send: Send, principal: Principal
+    ) -> None:
         if not modern and message["method"] == "notifications/cancelled":
-            session = self._session(headers)
+            session = self._session(headers, principal)
             params = message.get("params") or {}
             task = self._inflight.get((session.id, params.get("requestId")))
             if task is not None:
@@ -180,14 +221,20 @@ class McpTransport:
         await _respond(send, 202, b"")
 
     async def _legacy_request(
-        self, endpoint: Endpoint, message: dict[str, Any], headers: dict[str, str], receive: Receive, send: Send
+        self,
+        endpoint: Endpoint,
+        message: dict[str, Any],
+        headers: dict[str, str],
+        receive: Receive,
+        send: Send,
+        principal: Principal,
     ) -> None:
         method, request_id = message["method"], message["id"]
         params = message.get("params") or {}
         if method == "initialize":
             asked = params.get("protocolVersion")
             version = asked if asked in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE
-            session = self.sessions.mint(version)
+            session = self.sessions.mint(version, _owner(principal))
             result: dict[str, Any] = {
                 "protocolVersion": version,
                 "capabilities": self.capabilities(modern=False),
@@ -198,7 +245,7 @@ class McpTransport:
             body = orjson.dumps(jsonrpc_result(request_id, result))
             await _respond(send, 200, body, json=True, extra=[(b"mcp-session-id", session.id.encode())])
             return
-        session = self._session(headers)
+        session = self._session(headers, principal)
         session_header = [(b"mcp-session-id", session.id.encode())]
         if method == "ping":
             await _respond(send, 200, orjson.dumps(jsonrpc_result(request_id, {})), json=True, extra=session_header)
@@ -209,6 +256,7 @@ class McpTransport:
             params=params,
             request_id=request_id,
             protocol_version=session.protocol_version,
+            principal=principal,
         )
         await self._run(request, receive, send, session_header, inflight_key=(session.id, request_id))
 
@@ -220,6 +268,7 @@ class McpTransport:
         headers: dict[str, str],
         receive: Receive,
         send: Send,
+        principal: Principal,
     ) -> None:
         request_id = message["id"]
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
@@ -258,6 +307,7 @@ class McpTransport:
             protocol_version=verdict.protocol_version,
             client_info=verdict.client_info,
             client_capabilities=verdict.client_capabilities,
+            principal=principal,
         )
         if method == "tools/call":
             # Checked against the tool's schema by the forwarder (basic/transports#custom-headers).
@@ -302,6 +352,16 @@ class McpTransport:
                 # 2025-11-25: the client cancelled with notifications/cancelled; end the exchange
                 # with REQUEST_CANCELLED, which the client (no longer waiting) drops.
                 response = _cancelled_answer(request.request_id)
+            except InsufficientScope as exc:
+                if run.streaming:
+                    response = jsonrpc_error(request.request_id, exc)
+                else:
+                    # MCP authorization, step-up: an HTTP 403 the client's OAuth layer acts on.
+                    error = self._challenge(request.endpoint, exc)
+                    async with run.lock:
+                        run.finished = True
+                        await _respond(send, error.status, orjson.dumps(error.body), extra=error.headers + extra)
+                    return
             async with run.lock:
                 run.finished = True
                 if run.streaming:
@@ -320,7 +380,7 @@ class McpTransport:
     async def _answer(self, request: McpRequest) -> dict[str, Any]:
         try:
             result = await self.pipeline(request)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, InsufficientScope):
             raise
         except Exception as exc:
             return jsonrpc_error(request.request_id, exc)
@@ -354,13 +414,15 @@ class McpTransport:
         }
         await self._stream(stream, receive, send, [], first=ack)
 
-    async def _get(self, endpoint: Endpoint, headers: dict[str, str], receive: Receive, send: Send) -> None:
+    async def _get(
+        self, endpoint: Endpoint, headers: dict[str, str], receive: Receive, send: Send, principal: Principal
+    ) -> None:
         if headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS:
             # 2026-07-28 has no standalone stream; subscriptions/listen replaces it.
             raise _HttpError(405, None, [(b"allow", b"POST")])
         if "text/event-stream" not in headers.get("accept", ""):
             raise _HttpError(406, None)
-        session = self._session(headers)
+        session = self._session(headers, principal)
         stream = Stream(endpoint.path, endpoint.server, _LIST_KINDS)
         await self._stream(stream, receive, send, [(b"mcp-session-id", session.id.encode())])
 
@@ -393,16 +455,18 @@ class McpTransport:
             watcher.cancel()
             self.streams.close(stream)
 
-    async def _delete(self, headers: dict[str, str], send: Send) -> None:
-        session = self._session(headers)
+    async def _delete(self, headers: dict[str, str], send: Send, principal: Principal) -> None:
+        session = self._session(headers, principal)
         self.sessions.terminate(session)
         await _respond(send, 200, b"")
 
-    def _session(self, headers: dict[str, str]) -> Session:
+    def _session(self, headers: dict[str, str], principal: Principal) -> Session:
         session_id = headers.get("mcp-session-id")
         if session_id is None:
             raise _HttpError.rpc(400, BadRequest("Bad Request: Mcp-Session-Id header is required"))
-        session = self.sessions.check(session_id)
+        # A session belongs to the user and client that opened it: another token, even a valid
+        # one, cannot ride on it (MCP security best practices, session hijacking).
+        session = self.sessions.check(session_id, _owner(principal))
         if session is None:
             # Streamable HTTP, session management: an unknown session is a 404, so the client re-initializes.
             raise _HttpError.rpc(404, SessionNotFound("Session not found"))
@@ -464,6 +528,10 @@ class _HttpError(Exception):
     @classmethod
     def rpc(cls, status: int, error: PortalError, request_id: Any = None) -> _HttpError:
         return cls(status, jsonrpc_error(request_id, error), [(b"content-type", b"application/json")])
+
+
+def _owner(principal: Principal) -> str:
+    return f"{principal.subject}\x00{principal.client_id}"
 
 
 def _cancelled_answer(request_id: Any) -> dict[str, Any]:

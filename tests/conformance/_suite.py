@@ -2,10 +2,18 @@
 
 Shared by `tests/conformance/test_conformance.py` and `tests/foreign/test_inspector.py`. Node 22 and the pinned
 npm packages come from `.ci/node.sh`, which prints the node binary; everything else is found relative to it.
+
+Every MCP endpoint of the portal wants a bearer token for exactly that endpoint. `portal_app` makes a portal whose
+`public_url` is the address `serve` will listen on (bind first with `loopback_socket`), `mint_tester_token` mints
+a token of the user `tester` (`tools:*`) for one endpoint, and `bearer_proxy` puts a small reverse proxy in front
+of the portal that adds such a token to every request, for clients that cannot send one (the conformance suite's
+server mode).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -22,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import uvicorn
+from aiohttp import web
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -266,16 +276,35 @@ def expected_for(entries: list[ExpectedFailure], target: str, era: str) -> dict[
     return {entry.scenario: entry.reason for entry in entries if entry.target == target and era in entry.eras}
 
 
-@contextlib.contextmanager
-def serve(app: ASGIApp, *, startup_timeout: float = 20.0) -> Iterator[str]:
-    """Serve `app` with uvicorn on 127.0.0.1, on a free port, in a background thread; yield `http://127.0.0.1:PORT`.
+def loopback_socket() -> socket.socket:
+    """A TCP socket bound to 127.0.0.1 on a port the kernel picks, for `serve(app, sock=...)`.
 
-    Port 0 lets the kernel pick a free port, so parallel runs never collide; the real port is read back from
-    the bound socket once uvicorn reports it has started (lifespan included).
+    Binding before building the app lets a portal know its own URL: its `public_url`, every token's audience.
     """
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def base_url_of(sock: socket.socket) -> str:
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextlib.contextmanager
+def serve(
+    app: ASGIApp, *, sock: socket.socket | None = None, http: str = "auto", startup_timeout: float = 20.0
+) -> Iterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1, in a background thread; yield `http://127.0.0.1:PORT`.
+
+    On `sock` if given (see `loopback_socket`), else on a free port: port 0 lets the kernel pick one, so parallel
+    runs never collide; the real port is read back from the bound socket once uvicorn reports it has started
+    (lifespan included). `http` is uvicorn's HTTP implementation (`auto`: httptools when installed, as deployed).
+    """
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", http=http)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test-server", daemon=True)
+    sockets = [sock] if sock is not None else None
+    thread = threading.Thread(target=server.run, args=(sockets,), name="uvicorn-test-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
     while not server.started:
@@ -364,13 +393,130 @@ class ReadyPortal:
         await self.app(scope, receive, send_when_ready)
 
 
-def portal_app(servers: tuple[Any, ...], data_dir: Path) -> ReadyPortal:
-    """The portal (`create_app`) in front of `servers` (`ServerConfig`s), with its database in `data_dir`."""
+def portal_app(servers: tuple[Any, ...], data_dir: Path, public_url: str) -> ReadyPortal:
+    """The portal (`create_app`) in front of `servers` (`ServerConfig`s), with its database (and master key) in
+    `data_dir`, reached at `public_url` (`base_url_of(sock)` of the socket it will be served on)."""
     from portal.app import create_app
     from portal.settings import Settings
 
-    settings = Settings(database_url=f"sqlite:///{data_dir / 'portal.db'}", base_dir=str(data_dir), servers=servers)
+    settings = Settings(
+        public_url=public_url,
+        database_url=f"sqlite:///{data_dir / 'portal.db'}",
+        base_dir=str(data_dir),
+        servers=servers,
+    )
     return ReadyPortal(create_app(settings))
+
+
+TESTER = "tester"
+"""The user whose tokens the tests hold (no password: minted tokens only)."""
+TOKEN_TTL = 3600
+"""Life of a test token: longer than any run, far below the portal's 24-hour cap."""
+
+
+def mint_tester_token(app: ReadyPortal, endpoint_url: str, scopes: tuple[str, ...] = ("tools:*",)) -> str:
+    """An access token of `tester` (created on first use) for the MCP endpoint at `endpoint_url`."""
+    auth = app.state.portal.auth
+    if auth.users.get(TESTER) is None:
+        auth.users.add(TESTER, None, [])
+    token: str = auth.mint_access_token(TESTER, "portal-tests", scopes, endpoint_url, TOKEN_TTL)
+    return token
+
+
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length"}
+)
+
+
+class _BearerProxy:
+    """Forwards every request to `target` with `Authorization: Bearer token`, streaming answers as they come."""
+
+    def __init__(self, target: str, token: str) -> None:
+        self.target = target
+        self.token = token
+        self.session: aiohttp.ClientSession | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        assert self.session is not None
+        # The client's headers as sent (Host and Origin included, for the portal to judge), plus the token.
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP | {"authorization"}]
+        headers.append(("Authorization", f"Bearer {self.token}"))
+        body = await request.read()
+        async with self.session.request(
+            request.method,
+            self.target + request.path_qs,
+            headers=headers,
+            data=body if body else None,
+            allow_redirects=False,
+        ) as upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for key, value in upstream.headers.items():
+                if key.lower() not in _HOP_BY_HOP:
+                    response.headers.add(key, value)
+            if upstream.headers.get("Content-Length") is not None:
+                response.content_length = int(upstream.headers["Content-Length"])
+            await response.prepare(request)
+            # Server-sent events pass through chunk by chunk, never held back.
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+
+@contextlib.contextmanager
+def bearer_proxy(target: str, token: str, *, startup_timeout: float = 10.0) -> Iterator[str]:
+    """A reverse proxy on 127.0.0.1 in front of `target` (a base URL) that sends `token` with every request.
+
+    For clients that cannot send a token (the conformance suite in server mode): they talk to the proxy's base
+    URL, which it yields, and the portal sees an authenticated client. Runs its own event loop in a thread.
+    Responses stream through unbuffered (SSE), and nothing is added to the requests but the token: no Accept,
+    User-Agent or Content-Type of the proxy's own, so the portal judges exactly what the client sent.
+    """
+    loop = asyncio.new_event_loop()
+    proxy = _BearerProxy(target.rstrip("/"), token)
+    started: concurrent.futures.Future[tuple[web.AppRunner, str]] = concurrent.futures.Future()
+
+    async def start() -> None:
+        proxy.session = aiohttp.ClientSession(
+            auto_decompress=False,
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        )
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", proxy.handle)
+        # A client that goes away (an SSE stream closed) ends its handler and the request to the portal.
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        started.set_result((runner, f"http://127.0.0.1:{port}"))
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(start())
+        except BaseException as exc:
+            started.set_exception(exc)
+            return
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="bearer-proxy", daemon=True)
+    thread.start()
+    runner, base = started.result(timeout=startup_timeout)
+    try:
+        yield base
+    finally:
+
+        async def stop() -> None:
+            await runner.cleanup()
+            if proxy.session is not None:
+                await proxy.session.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=20)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
 
 
 def servers_not_ready(app: ReadyPortal) -> dict[str, Any]:

@@ -13,6 +13,10 @@ A target is an MCP endpoint the suite connects to:
   prompts are named `conformance_*` and resource URIs carry the server, so most scenarios cannot find their
   fixtures by name; they are listed in expected-failures.toml with that reason.
 
+The suite's server mode sends no bearer token, and every portal endpoint wants one: the suite talks to the portal
+through `bearer_proxy`, which adds a token of the user `tester` (`tools:*`) minted for the target's endpoint, and
+passes everything else through as sent.
+
 Needs Node 22 and the pinned suite, which `.ci/node.sh` installs into a cache; without them the tests skip,
 unless PORTAL_REQUIRE_NODE is set, in which case they fail.
 """
@@ -29,10 +33,14 @@ from _suite import (
     ERAS,
     NodeUnavailable,
     ReadyPortal,
+    base_url_of,
+    bearer_proxy,
     ensure_node,
     expected_for,
     http_server_process,
     load_expected_failures,
+    loopback_socket,
+    mint_tester_token,
     node_required,
     portal_app,
     run_suite,
@@ -50,8 +58,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
 ]
 
-AppFactory = Callable[[contextlib.ExitStack, Path], ASGIApp]
-"""Builds a fresh ASGI app for a target; anything it starts (an upstream process) goes on the exit stack."""
+AppFactory = Callable[[contextlib.ExitStack, Path, str], ASGIApp]
+"""Builds a fresh ASGI app for a target, given its data folder and the base URL it will be served at; anything
+it starts (an upstream process) goes on the exit stack."""
 
 
 @dataclass(frozen=True)
@@ -60,40 +69,44 @@ class Target:
 
     `name` identifies it in test ids and in expected-failures.toml; `make_app` builds a fresh ASGI app serving
     it (a fresh one per test module, since an MCP app's session manager starts only once); `path` is the MCP
-    endpoint within that app.
+    endpoint within that app; `http` is uvicorn's HTTP implementation for it.
     """
 
     name: str
     make_app: AppFactory
     path: str
+    http: str = "auto"
 
 
-def _direct_app(stack: contextlib.ExitStack, data_dir: Path) -> ASGIApp:
+def _direct_app(stack: contextlib.ExitStack, data_dir: Path, base_url: str) -> ASGIApp:
     """The fixture server alone, exactly as `python -m servers.conformance --http` serves it."""
     from servers import conformance
 
     return conformance.create_app()
 
 
-def _hosted_portal(stack: contextlib.ExitStack, data_dir: Path) -> ASGIApp:
+def _hosted_portal(stack: contextlib.ExitStack, data_dir: Path, base_url: str) -> ASGIApp:
     """The portal with the fixture hosted in-process as server `conformance`."""
-    return portal_app((ServerConfig(name="conformance", module="servers.conformance"),), data_dir)
+    return portal_app((ServerConfig(name="conformance", module="servers.conformance"),), data_dir, base_url)
 
 
 def _remote_portal(protocol: str) -> AppFactory:
     """The portal with the fixture as a remote Streamable HTTP upstream, reached at `protocol`."""
 
-    def make(stack: contextlib.ExitStack, data_dir: Path) -> ASGIApp:
+    def make(stack: contextlib.ExitStack, data_dir: Path, base_url: str) -> ASGIApp:
         url = stack.enter_context(http_server_process("servers.conformance"))
         server = ServerConfig(name="conformance", url=url, protocol=protocol)  # type: ignore[arg-type]
-        return portal_app((server,), data_dir)
+        return portal_app((server,), data_dir, base_url)
 
     return make
 
 
 PER_SERVER = "/servers/conformance/mcp"
 TARGETS: list[Target] = [
-    Target("direct", _direct_app, "/mcp"),
+    # h11, not httptools: httptools keeps the trailing whitespace of a header value (RFC 9110 §5.5 says to strip
+    # it), and the SDK server compares Mcp-Name as received, so `http-header-validation` would fail on the
+    # server stack rather than on the fixture. The portal strips it itself and is served as deployed.
+    Target("direct", _direct_app, "/mcp", http="h11"),
     Target("portal-hosted", _hosted_portal, PER_SERVER),
     Target("portal-remote-2025", _remote_portal("2025-11-25"), PER_SERVER),
     Target("portal-remote-2026", _remote_portal("2026-07-28"), PER_SERVER),
@@ -119,11 +132,14 @@ def target_url(
     """Serve one target on 127.0.0.1 for the module's tests; yield it with its MCP endpoint URL."""
     target: Target = request.param
     with contextlib.ExitStack() as stack:
-        app = target.make_app(stack, tmp_path_factory.mktemp(target.name))
-        base_url = stack.enter_context(serve(app))
+        sock = stack.enter_context(loopback_socket())
+        app = target.make_app(stack, tmp_path_factory.mktemp(target.name), base_url_of(sock))
+        base_url = stack.enter_context(serve(app, sock=sock, http=target.http))
         if isinstance(app, ReadyPortal):
             missing = servers_not_ready(app)
             assert not missing, f"the portal's upstreams did not come up: {missing}"
+            # The suite sends no token: it reaches the portal through a proxy that adds one for this endpoint.
+            base_url = stack.enter_context(bearer_proxy(base_url, mint_tester_token(app, base_url + target.path)))
         yield target, base_url + target.path
 
 

@@ -10,19 +10,34 @@ and the fixture as a remote upstream reached at 2025-11-25 and at 2026-07-28 (on
 - 2026-07-28 requests are refused as the spec says: logging/setLevel is gone (404, -32601), an
   `Mcp-Param-*` header must match its argument (400, -32020), and an unknown version is told the
   versions server/discover offers.
+
+Every request carries a token of the user `tester` (`tools:*`) minted for its endpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
 import pytest
-from _suite import http_server_process, portal_app, serve, servers_not_ready
+from _suite import (
+    ReadyPortal,
+    base_url_of,
+    http_server_process,
+    loopback_socket,
+    mint_tester_token,
+    portal_app,
+    serve,
+    servers_not_ready,
+)
 from mcp.client import Client
+from mcp.client._transport import TransportStreams
 from mcp.client.context import ClientRequestContext
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import ElicitRequestParams, ElicitResult, LoggingMessageNotificationParams, TextContent
 
 from portal.settings import ServerConfig
@@ -36,9 +51,38 @@ MODERN_UPSTREAMS = ("hosted", "remote-2026")
 LOG_LINES = ["Tool execution started", "Tool processing data", "Tool execution completed"]
 
 
+@dataclass
+class ServedPortal:
+    """The running portal, and tokens of `tester` for its endpoints."""
+
+    app: ReadyPortal
+    base_url: str
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def endpoint(self, upstream: str) -> str:
+        return f"{self.base_url}/servers/{upstream}/mcp"
+
+    def token(self, url: str) -> str:
+        if url not in self.tokens:
+            self.tokens[url] = mint_tester_token(self.app, url)
+        return self.tokens[url]
+
+    def client(self, url: str, **options: Any) -> Client:
+        """An SDK client of the endpoint at `url`, carrying its token."""
+        return Client(self._transport(url), **options)
+
+    @contextlib.asynccontextmanager
+    async def _transport(self, url: str) -> AsyncIterator[TransportStreams]:
+        async with (
+            create_mcp_http_client(headers={"Authorization": f"Bearer {self.token(url)}"}) as http,
+            streamable_http_client(url, http_client=http) as streams,
+        ):
+            yield streams
+
+
 @pytest.fixture(scope="module")
-def portal_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The portal's base URL, in front of the fixture hosted and as a remote upstream in both eras."""
+def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPortal]:
+    """The portal, in front of the fixture hosted and as a remote upstream in both eras."""
     with contextlib.ExitStack() as stack:
         remote = stack.enter_context(http_server_process("servers.conformance"))
         servers = (
@@ -46,15 +90,12 @@ def portal_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             ServerConfig(name="remote-2025", url=remote, protocol="2025-11-25"),
             ServerConfig(name="remote-2026", url=remote, protocol="2026-07-28"),
         )
-        app = portal_app(servers, tmp_path_factory.mktemp("portal"))
-        base_url = stack.enter_context(serve(app))
+        sock = stack.enter_context(loopback_socket())
+        app = portal_app(servers, tmp_path_factory.mktemp("portal"), base_url_of(sock))
+        base_url = stack.enter_context(serve(app, sock=sock))
         missing = servers_not_ready(app)
         assert not missing, f"the portal's upstreams did not come up: {missing}"
-        yield base_url
-
-
-def endpoint(base_url: str, upstream: str) -> str:
-    return f"{base_url}/servers/{upstream}/mcp"
+        yield ServedPortal(app, base_url)
 
 
 def text_of(result: Any) -> str:
@@ -74,23 +115,23 @@ class Logs:
 
 
 @pytest.mark.parametrize("upstream", UPSTREAMS)
-async def test_a_handshake_client_hears_the_tools_log_messages(portal_url: str, upstream: str) -> None:
+async def test_a_handshake_client_hears_the_tools_log_messages(portal: ServedPortal, upstream: str) -> None:
     logs = Logs()
-    async with Client(endpoint(portal_url, upstream), mode="legacy", logging_callback=logs) as client:
+    async with portal.client(portal.endpoint(upstream), mode="legacy", logging_callback=logs) as client:
         result = await client.call_tool("test_tool_with_logging", {})
     assert text_of(result) == "Tool with logging executed successfully"
     assert logs.lines == LOG_LINES
 
 
 @pytest.mark.parametrize("upstream", UPSTREAMS)
-async def test_a_stateless_client_hears_log_messages_only_when_it_asks(portal_url: str, upstream: str) -> None:
+async def test_a_stateless_client_hears_log_messages_only_when_it_asks(portal: ServedPortal, upstream: str) -> None:
     silent, chatty, picky = Logs(), Logs(), Logs()
-    url = endpoint(portal_url, upstream)
-    async with Client(url, mode=MODERN, logging_callback=silent) as client:
+    url = portal.endpoint(upstream)
+    async with portal.client(url, mode=MODERN, logging_callback=silent) as client:
         await client.call_tool("test_tool_with_logging", {})
-    async with Client(url, mode=MODERN, logging_callback=chatty, log_level="info") as client:
+    async with portal.client(url, mode=MODERN, logging_callback=chatty, log_level="info") as client:
         await client.call_tool("test_tool_with_logging", {})
-    async with Client(url, mode=MODERN, logging_callback=picky, log_level="error") as client:
+    async with portal.client(url, mode=MODERN, logging_callback=picky, log_level="error") as client:
         await client.call_tool("test_tool_with_logging", {})
     assert (silent.lines, chatty.lines, picky.lines) == ([], LOG_LINES, [])
 
@@ -100,22 +141,23 @@ async def answer(context: ClientRequestContext, params: ElicitRequestParams) -> 
 
 
 @pytest.mark.parametrize("upstream", MODERN_UPSTREAMS)
-async def test_a_stateless_client_is_asked_for_input_through_the_portal(portal_url: str, upstream: str) -> None:
+async def test_a_stateless_client_is_asked_for_input_through_the_portal(portal: ServedPortal, upstream: str) -> None:
     """The client's elicitation capability reaches the upstream, whose input-required round the client answers."""
-    async with Client(endpoint(portal_url, upstream), mode=MODERN, elicitation_callback=answer) as client:
+    async with portal.client(portal.endpoint(upstream), mode=MODERN, elicitation_callback=answer) as client:
         result = await client.call_tool("test_elicitation", {"message": "Who are you?"})
     content = '{"username":"alice","email":"alice@example.com"}'
     assert text_of(result) == f"User response: action=accept, content={content}"
 
 
-def post(url: str, method: str, params: dict[str, Any], **headers: str) -> httpx2.Response:
-    """One raw 2026-07-28 request, envelope and routing headers included; `headers` add to or override them."""
+def post(portal: ServedPortal, url: str, method: str, params: dict[str, Any], **headers: str) -> httpx2.Response:
+    """One raw 2026-07-28 request with its token, envelope and routing headers; `headers` add to or override them."""
     envelope = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
     base = {
         "content-type": "application/json",
         "accept": "application/json, text/event-stream",
         "mcp-protocol-version": MODERN,
         "mcp-method": method,
+        "authorization": f"Bearer {portal.token(url)}",
     }
     if "name" in params:
         base["mcp-name"] = params["name"]
@@ -123,18 +165,18 @@ def post(url: str, method: str, params: dict[str, Any], **headers: str) -> httpx
     return httpx2.post(url, json=body, headers={**base, **headers}, timeout=10)
 
 
-def test_stateless_requests_are_refused_as_the_spec_says(portal_url: str) -> None:
-    url = endpoint(portal_url, "hosted")
+def test_stateless_requests_are_refused_as_the_spec_says(portal: ServedPortal) -> None:
+    url = portal.endpoint("hosted")
 
-    removed = post(url, "logging/setLevel", {"level": "info"})
+    removed = post(portal, url, "logging/setLevel", {"level": "info"})
     assert (removed.status_code, removed.json()["error"]["code"]) == (404, -32601)
 
     call = {"name": "test_mcp_param_header", "arguments": {"region": "eu-west"}}
-    assert post(url, "tools/call", call, **{"mcp-param-region": "eu-west"}).status_code == 200
+    assert post(portal, url, "tools/call", call, **{"mcp-param-region": "eu-west"}).status_code == 200
     for headers in ({"mcp-param-region": "us-east"}, {}):
-        mismatch = post(url, "tools/call", call, **headers)
+        mismatch = post(portal, url, "tools/call", call, **headers)
         assert (mismatch.status_code, mismatch.json()["error"]["code"]) == (400, -32020), mismatch.text
 
-    unknown = post(url, "tools/list", {}, **{"mcp-protocol-version": "v999.0.0"})
+    unknown = post(portal, url, "tools/list", {}, **{"mcp-protocol-version": "v999.0.0"})
     assert unknown.status_code == 400
     assert unknown.json()["error"]["data"] == {"supported": [MODERN], "requested": "v999.0.0"}

@@ -9,7 +9,8 @@ The portal runs the configuration of `examples/portal.toml`, one server of each 
 The Inspector lists and calls tools through the aggregated endpoint `/mcp` (names `{server}_{tool}`) and the
 per-server endpoint `/servers/notes/mcp`, at 2025-11-25 (its "legacy" era: initialize handshake) and at
 2026-07-28 ("modern": per-request envelope). A recorder in front of the portal checks that each run really
-spoke the era it was asked to.
+spoke the era it was asked to. Every run sends a token of the user `tester` (`tools:*`) minted for the endpoint
+it talks to, with the Inspector's `--header "Authorization: Bearer ..."`.
 
 Runs `node <inspector>/clients/launcher/build/index.js --cli URL --transport http --protocol-era ERA
 --format json -q --method ...`, the same as `npx @modelcontextprotocol/inspector --cli ...`, but on the Node 22
@@ -104,12 +105,20 @@ class Recorder:
             return list(self.seen[mark:])
 
 
-@dataclass(frozen=True)
+@dataclass
 class Portal:
-    """The demo portal being served: its base URL and the recorder in front of it."""
+    """The demo portal being served: its base URL, the recorder in front of it, and tokens for its endpoints."""
 
     base_url: str
     recorder: Recorder
+    app: Any
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def token(self, path: str) -> str:
+        """A token of `tester` for the endpoint at `path` (minted once)."""
+        if path not in self.tokens:
+            self.tokens[path] = suite.mint_tester_token(self.app, self.base_url + path)
+        return self.tokens[path]
 
 
 @pytest.fixture(scope="session")
@@ -147,12 +156,13 @@ def portal(node: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Por
             ),
             ServerConfig(name="clock", url=clock_url, timeout=10),
         )
-        app = suite.portal_app(servers, data_dir)
+        sock = stack.enter_context(suite.loopback_socket())
+        app = suite.portal_app(servers, data_dir, suite.base_url_of(sock))
         recorder = Recorder(app)
-        base_url = stack.enter_context(suite.serve(recorder))
+        base_url = stack.enter_context(suite.serve(recorder, sock=sock))
         missing = suite.servers_not_ready(app)
         assert not missing, f"the demo's servers did not come up: {missing}"
-        yield Portal(base_url, recorder)
+        yield Portal(base_url, recorder, app)
 
 
 @pytest.fixture(params=sorted(INSPECTOR_ERA), ids=lambda era: era)
@@ -170,6 +180,8 @@ def inspect(node: Path, home: Path, portal: Portal, path: str, era: str, *args: 
         portal.base_url + path,
         "--transport",
         "http",
+        "--header",
+        f"Authorization: Bearer {portal.token(path)}",
         "--protocol-era",
         INSPECTOR_ERA[era],
         "--format",

@@ -7,6 +7,12 @@
 - `client(url, mode)` is the SDK `Client` for one era, without a response cache, so
   that every list really reaches the portal. Open it inside the test itself: the SDK
   needs the task that enters a client to be the one that leaves it.
+- Every MCP endpoint of the portal wants a bearer token for exactly that endpoint. Each
+  portal started here has a user `tester` (no password) who holds minted tokens with
+  `tools:*`: `client(url, mode)` signs in as `tester` on the portal serving `url` (or
+  with `token=`), `PortalUnderTest.post` sends the `tester` token of its endpoint, and
+  `PortalUnderTest.bearer(server)` is that header for raw aiohttp requests.
+  `PortalUnderTest.token(...)` mints any other token (user, scopes, life).
 
 Imported by name (`from gateway_support import ...`): `conftest.py` puts this folder
 on `sys.path`, as the other test folders do with theirs.
@@ -18,36 +24,44 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx2
 import orjson
 import uvicorn
 from gateway_upstreams import build_upstream
 from mcp import Client, types
+from mcp.client._transport import TransportStreams
 from mcp.client.session import IncomingMessage
+from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.subscriptions import ToolsListChanged
 from mcp.types import CallToolResult
 from starlette.applications import Starlette
 
 from portal.app import Portal, create_app
+from portal.auth.service import AuthService
 from portal.settings import ServerConfig, Settings
 
 __all__ = [
     "CLIENT_ERAS",
     "HERE",
     "MODERN_HEADERS",
+    "TESTER",
     "UPSTREAM_ERAS",
     "Launcher",
     "PortalUnderTest",
     "Running",
     "Watch",
+    "bearer_transport",
     "client",
     "eventually",
+    "loopback_socket",
     "modern_body",
     "serve",
     "text_of",
@@ -72,9 +86,47 @@ MODERN_HEADERS = {
 }
 
 
-def client(url: str, mode: str, **options: Any) -> Client:
-    """An SDK client of `url` in one era, with no response cache."""
-    return Client(url, mode=mode, cache=None, **options)
+TESTER = "tester"
+"""The user every portal started here has (no password), whose minted tokens the harness sends."""
+TEST_CLIENT = "portal-tests"
+"""The client id of the tokens the harness mints."""
+TOKEN_TTL = 3600
+"""Life of a minted test token: longer than any test, far below the 24-hour cap."""
+
+_SERVING: dict[str, PortalUnderTest] = {}
+"""Running portals by base URL, so that `client(url, mode)` finds the one that mints its token."""
+
+
+def client(url: str, mode: str, *, token: str | None = None, **options: Any) -> Client:
+    """An SDK client of `url` in one era, with no response cache.
+
+    On a portal started by `Launcher`, it carries `token`, by default the `tester` token of
+    that endpoint; anywhere else (an upstream), no token unless given one.
+    """
+    if token is None:
+        portal = _portal_serving(url)
+        if portal is not None:
+            token = portal.token_for_url(url)
+    if token is None:
+        return Client(url, mode=mode, cache=None, **options)
+    return Client(bearer_transport(url, token), mode=mode, cache=None, **options)
+
+
+@contextlib.asynccontextmanager
+async def bearer_transport(url: str, token: str) -> AsyncIterator[TransportStreams]:
+    """The SDK's Streamable HTTP transport to `url`, every request with `Authorization: Bearer token`."""
+    async with (
+        create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http,
+        streamable_http_client(url, http_client=http) as streams,
+    ):
+        yield streams
+
+
+def _portal_serving(url: str) -> PortalUnderTest | None:
+    for base, portal in _SERVING.items():
+        if url.startswith(base + "/"):
+            return portal
+    return None
 
 
 def text_of(result: CallToolResult) -> str:
@@ -149,13 +201,25 @@ class Running:
         await self.task
 
 
-async def serve(app: Any, port: int = 0) -> Running:
-    """Run `app` on 127.0.0.1 and `port` (default: an ephemeral one); returns once it listens."""
+def loopback_socket(port: int = 0) -> socket.socket:
+    """A TCP socket bound to 127.0.0.1 and `port` (default: an ephemeral one), for `serve(..., sock=)`.
+
+    Binding before building an app lets the app know its own URL (a portal's `public_url`).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+async def serve(app: Any, port: int = 0, *, sock: socket.socket | None = None) -> Running:
+    """Run `app` on 127.0.0.1 and `port` (default: an ephemeral one), or on the bound `sock`;
+    returns once it listens."""
     # No log_config: uvicorn's records reach the root logger, where the tests look for crashes.
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="auto")
     config.timeout_graceful_shutdown = 0.1
     server = uvicorn.Server(config)
-    task = asyncio.get_running_loop().create_task(server.serve())
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock] if sock is not None else None))
     # uvicorn has no started event; `started` flips once the socket listens (or the task fails).
     while not server.started:
         if task.done():
@@ -173,18 +237,59 @@ class PortalUnderTest:
     app: Starlette
     running: Running
     http: aiohttp.ClientSession
+    _tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def portal(self) -> Portal:
         return self.app.state.portal  # type: ignore[no-any-return]
 
     @property
+    def auth(self) -> AuthService:
+        return self.portal.auth
+
+    @property
     def base(self) -> str:
         return self.running.base
+
+    def url(self, path: str) -> str:
+        return self.base + path
 
     def mcp(self, server: str | None = None) -> str:
         """`/mcp`, or `/servers/{server}/mcp`."""
         return f"{self.base}/mcp" if server is None else f"{self.base}/servers/{server}/mcp"
+
+    def add_user(self, name: str, *, groups: Iterable[str] = (), password: str | None = None) -> None:
+        """A local user of this portal (without a password: one who only holds minted tokens)."""
+        self.auth.users.add(name, password, list(groups))
+
+    def token(
+        self,
+        server: str | None = None,
+        *,
+        user: str = TESTER,
+        scopes: Iterable[str] = ("tools:*",),
+        ttl: int = TOKEN_TTL,
+        client_id: str = TEST_CLIENT,
+        audience: str | None = None,
+    ) -> str:
+        """A freshly minted access token of `user` for the endpoint of `server` (or `audience`)."""
+        audience = audience or self.mcp(server)
+        return self.auth.mint_access_token(user, client_id, scopes, audience, ttl)
+
+    def token_for_url(self, url: str) -> str:
+        """The `tester` token of the endpoint at `url` (minted once, then reused)."""
+        if url not in self._tokens:
+            self._tokens[url] = self.token(audience=url)
+        return self._tokens[url]
+
+    def bearer(self, server: str | None = None, token: str | None = None) -> dict[str, str]:
+        """`Authorization: Bearer ...` for a raw request to the endpoint of `server` (`tester`'s token by default)."""
+        return {"Authorization": f"Bearer {token or self.token_for_url(self.mcp(server))}"}
+
+    def http_client(self, server: str | None = None, token: str | None = None) -> httpx2.AsyncClient:
+        """An httpx2 client that sends `bearer(server, token)` on every request, for
+        `Client(streamable_http_client(url, http_client=...))`; the caller enters and closes it."""
+        return create_mcp_http_client(headers=self.bearer(server, token))
 
     async def wait_ready(self, timeout: float = 15.0) -> None:
         await self.portal.servers.wait_ready(timeout)
@@ -247,13 +352,26 @@ class PortalUnderTest:
                 del streams.open
 
     async def post(
-        self, body: Any, *, server: str | None = None, headers: Mapping[str, str] | None = None, raw: bool = False
+        self,
+        body: Any,
+        *,
+        server: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        raw: bool = False,
+        auth: bool = True,
+        url: str | None = None,
     ) -> tuple[int, dict[str, str], Any]:
-        """POST to an MCP endpoint; (status, headers, decoded JSON body or None)."""
+        """POST to an MCP endpoint (or `url`); (status, headers, decoded JSON body or None).
+
+        Sends `tester`'s token of the endpoint unless `headers` has an Authorization of its own,
+        or `auth` is false.
+        """
         sent = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        if auth and not any(key.lower() == "authorization" for key in headers or {}):
+            sent.update(self.bearer(server))
         sent.update(headers or {})
         data = body if raw else orjson.dumps(body)
-        async with self.http.post(self.mcp(server), data=data, headers=sent) as response:
+        async with self.http.post(url or self.mcp(server), data=data, headers=sent) as response:
             text = await response.read()
             decoded = orjson.loads(text) if text and response.content_type == "application/json" else None
             return response.status, dict(response.headers), decoded
@@ -342,16 +460,31 @@ class Launcher:
         self._count += 1
         folder = self.tmp_path / f"portal-{self._count}"
         folder.mkdir()
+        # The port is bound first, so that public_url (every token's audience) is the URL the tests use.
+        sock = loopback_socket()
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
         # Run-time registry changes apply at once; idle pings stay out of the way of short timeouts.
         options: dict[str, Any] = {"registry_poll_seconds": 0.05, "health_interval_seconds": 30.0}
         options.update(settings)
         app = create_app(
-            Settings(database_url=f"sqlite:///{folder}/portal.db", base_dir=str(folder), servers=servers, **options)
+            Settings(
+                public_url=base,
+                database_url=f"sqlite:///{folder}/portal.db",
+                base_dir=str(folder),
+                servers=servers,
+                **options,
+            )
         )
-        running = await serve(app)
+        try:
+            running = await serve(app, sock=sock)
+        except BaseException:
+            sock.close()  # once serving, uvicorn owns the socket and closes it when it stops
+            raise
         http = aiohttp.ClientSession()
         self._portals.append((running, http))
         under_test = PortalUnderTest(app=app, running=running, http=http)
+        _SERVING[base] = under_test
+        under_test.add_user(TESTER)
         if wait:
             await under_test.wait_ready()
         return under_test
@@ -360,6 +493,8 @@ class Launcher:
         """Stop every server at once (uvicorn takes a few ticks to stop; the portals do not mind)."""
         portals, self._portals = self._portals, []
         upstreams, self._upstreams = self._upstreams, []
+        for running, _ in portals:
+            _SERVING.pop(running.base, None)
         try:
             await asyncio.gather(
                 *(running.stop() for running, _ in portals), *(running.stop() for running in upstreams)

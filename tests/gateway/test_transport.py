@@ -1,7 +1,9 @@
 """Bad input at the HTTP and JSON-RPC layers (`portal.gateway.transport`, `portal.gateway.body`).
 
 Raw requests, sent with aiohttp, that no SDK client would send. Each gets the status
-and JSON-RPC error it should, and the portal still serves a normal call after it.
+and JSON-RPC error it should, and the portal still serves a normal call after it. Every
+request carries a valid token (`PortalUnderTest.post` adds it): what a missing or bad
+token gets is in test_auth.py.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ async def test_a_streamed_body_over_the_limit_is_413_without_a_declared_length(w
         for start in range(0, len(data), 1024):
             yield data[start : start + 1024]
 
-    async with world.http.post(world.mcp(), data=chunks(), headers=headers) as response:
+    async with world.http.post(world.mcp(), data=chunks(), headers={**headers, **world.bearer()}) as response:
         assert "content-length" not in response.request_info.headers
         assert response.status == 413
         assert error_of(await response.json())["data"]["code"] == "payload_too_large"
@@ -207,7 +209,7 @@ async def test_a_forged_session_id_is_404(world: PortalUnderTest, session: dict[
 
 
 async def test_a_deleted_session_is_404_afterwards(world: PortalUnderTest, session: dict[str, str]) -> None:
-    async with world.http.delete(world.mcp(), headers=session) as response:
+    async with world.http.delete(world.mcp(), headers={**session, **world.bearer()}) as response:
         assert response.status == 200
     status, _, _ = await world.post({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=session)
     assert status == 404
@@ -257,7 +259,7 @@ async def test_an_unknown_protocol_version_header_is_unsupported_protocol_versio
 
 async def test_a_repeated_routing_header_is_header_mismatch(world: PortalUnderTest) -> None:
     body, headers = modern_call()
-    raw_headers = [(k, v) for k, v in headers.items()] + [("Mcp-Method", "tools/call")]
+    raw_headers = [*{**headers, **world.bearer()}.items(), ("Mcp-Method", "tools/call")]
     async with world.http.post(world.mcp(), data=orjson.dumps(body), headers=raw_headers) as response:
         assert response.status == 400
         assert error_of(await response.json())["code"] == -32020
@@ -265,7 +267,7 @@ async def test_a_repeated_routing_header_is_header_mismatch(world: PortalUnderTe
 
 
 async def test_the_2026_era_has_no_standalone_get_stream(world: PortalUnderTest) -> None:
-    headers = {"Accept": "text/event-stream", "MCP-Protocol-Version": "2026-07-28"}
+    headers = {"Accept": "text/event-stream", "MCP-Protocol-Version": "2026-07-28", **world.bearer()}
     async with world.http.get(world.mcp(), headers=headers) as response:
         assert response.status == 405
     await assert_still_serves(world)
@@ -298,6 +300,7 @@ async def test_a_call_cancelled_with_a_notification_ends_with_request_cancelled(
         "params": {"name": "hosted_wait", "arguments": {"key": uuid.uuid4().hex}, "_meta": {"progressToken": "p"}},
     }
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream", **session}
+    headers.update(world.bearer())
     async with world.http.post(world.mcp(), data=orjson.dumps(call), headers=headers) as response:
         assert response.status == 200
         assert response.content_type == "text/event-stream"
