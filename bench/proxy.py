@@ -27,6 +27,12 @@ Era 2026-07-28 requests carry the `params._meta` envelope and the `MCP-Protocol-
 `Mcp-Method` and `Mcp-Name` headers; era 2025-11-25 requests carry the `Mcp-Session-Id` of an
 `initialize` made first, and `MCP-Protocol-Version`.
 
+Requests to the portal carry a bearer token, as every client's must: before each portal starts, the
+benchmark adds a user `bench` (`portal users add bench --no-password`, granted `tools:*` in the
+portal's `[auth.grants]`) and mints one token per endpoint with `portal tokens mint`. The portal's
+figures therefore include checking that token on every request (signature, claims and the database
+lookup for revocation; `bench/tokens.py` measures that alone).
+
 It prints a table and writes JSON to `bench/results/proxy.json` (`--output`). The portal's
 overhead is p50(portal) - p50(direct); its throughput ratio is rps(portal) / rps(direct). The
 targets: at most +1 ms at p50 and at least 50% of direct throughput. Every phase is bounded in
@@ -86,6 +92,8 @@ class Target:
     tool: str
     payload: str
     headers: dict[str, str] = field(default_factory=dict)
+    token: str | None = None
+    """Bearer token sent with every request (the portal's endpoints); None for the upstream."""
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     """Request ids: unique within a target, as a 2025-11-25 session needs them to be."""
     _prefix: bytes = b""
@@ -101,6 +109,7 @@ class Target:
             }
             self.headers.update({"Mcp-Method": "tools/call", "Mcp-Name": self.tool})
         self.headers.update({"Accept": _ACCEPT, "Content-Type": "application/json", "MCP-Protocol-Version": self.era})
+        self.headers.update(self.authorization)
         # The body is prebuilt around its id, which is the one thing that changes from call to call.
         rest = json.dumps({"method": "tools/call", "params": params}, separators=(",", ":"))
         self._prefix = b'{"jsonrpc":"2.0","id":'
@@ -113,6 +122,10 @@ class Target:
     def expected(self) -> bytes:
         return self.payload.encode()
 
+    @property
+    def authorization(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
     async def open(self, http: aiohttp.ClientSession) -> None:
         """Make the target callable: a 2025-11-25 client initializes a session first."""
         if self.era >= "2026-07-28":
@@ -123,7 +136,7 @@ class Target:
             "method": "initialize",
             "params": {"protocolVersion": self.era, "capabilities": {}, "clientInfo": _CLIENT_INFO},
         }
-        headers = {"Accept": _ACCEPT, "Content-Type": "application/json"}
+        headers = {"Accept": _ACCEPT, "Content-Type": "application/json", **self.authorization}
         async with http.post(self.url, data=json.dumps(init), headers=headers) as response:
             await response.read()
             if response.status != 200 or "Mcp-Session-Id" not in response.headers:
@@ -139,7 +152,7 @@ class Target:
         """End a 2025-11-25 session, so that sessions do not pile up in the server between chunks."""
         session = self.headers.pop("Mcp-Session-Id", None)
         if session is not None:
-            headers = {"Mcp-Session-Id": session, "MCP-Protocol-Version": self.era}
+            headers = {"Mcp-Session-Id": session, "MCP-Protocol-Version": self.era, **self.authorization}
             async with http.delete(self.url, headers=headers) as response:
                 await response.read()
 
@@ -403,18 +416,43 @@ def _portal_ready(status: int, body: bytes) -> bool:
         return False
 
 
+BENCH_USER = "bench"
+"""The portal user whose minted tokens the benchmark sends."""
+
+
 def _portal_config(folder: Path, port: int, upstream_url: str, era: str) -> Path:
     config = folder / f"portal-{era}.toml"
     config.write_text(
         "[portal]\n"
         f'public_url = "http://{HOST}:{port}"\n'
         f'database_url = "sqlite:///portal-{era}.db"\n'
+        "\n[auth.grants]\n"
+        f'{BENCH_USER} = ["tools:*"]\n'
         "\n[[servers]]\n"
         'name = "up"\n'
         f'url = "{upstream_url}"\n'
         f'protocol = "{era}"\n'
     )
     return config
+
+
+def _portal_cli(args: list[str], config: Path, env: dict[str, str], cwd: Path) -> str:
+    """`python -m portal ARGS --config CONFIG`; its standard output (it must succeed)."""
+    argv = [sys.executable, "-m", "portal", *args, "--config", str(config)]
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"portal {' '.join(args[:2])} exited with {done.returncode}:\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def _mint_tokens(config: Path, urls: Sequence[str], env: dict[str, str], cwd: Path, ttl: int) -> dict[str, str]:
+    """A user `bench` in the portal's database, and one token of theirs for each endpoint in `urls`."""
+    _portal_cli(["users", "add", BENCH_USER, "--no-password"], config, env, cwd)
+    tokens = {}
+    for url in urls:
+        mint = ["tokens", "mint", "--user", BENCH_USER, "--scope", "tools:*", "--resource", url, "--ttl", str(ttl)]
+        tokens[url] = _portal_cli(mint, config, env, cwd).strip()
+    return tokens
 
 
 def _portal_env(pythonpath: str | None) -> dict[str, str]:
@@ -449,17 +487,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await _wait_http(upstream_url, upstream, upstream_log)
             for era in args.eras:
                 port = _free_port()
+                base = f"http://{HOST}:{port}"
                 config = _portal_config(folder, port, upstream_url, era)
                 log = folder / f"portal-{era}.log"
+                portal_cwd = Path(args.portal_src or ROOT)
+                server_url, mcp_url = f"{base}/servers/up/mcp", f"{base}/mcp"
+                ttl = min(24 * 3600, int(args.time_limit) + 600)
+                tokens = _mint_tokens(config, (server_url, mcp_url), portal_env, portal_cwd, ttl)
                 argv = [sys.executable, "-m", "portal", "serve", "--config", str(config), "--port", str(port)]
                 argv += ["--log-level", args.portal_log_level]
-                with _process(argv, log, env=portal_env, cwd=Path(args.portal_src or ROOT)) as portal:
-                    await _wait_http(f"http://{HOST}:{port}/readyz", portal, log, _portal_ready)
-                    base = f"http://{HOST}:{port}"
+                with _process(argv, log, env=portal_env, cwd=portal_cwd) as portal:
+                    await _wait_http(f"{base}/readyz", portal, log, _portal_ready)
                     targets = {
                         "direct": Target("direct", era, upstream_url, "echo", payload),
-                        "server": Target("server", era, f"{base}/servers/up/mcp", "echo", payload),
-                        "mcp": Target("mcp", era, f"{base}/mcp", "up_echo", payload),
+                        "server": Target("server", era, server_url, "echo", payload, token=tokens[server_url]),
+                        "mcp": Target("mcp", era, mcp_url, "up_echo", payload, token=tokens[mcp_url]),
                     }
                     pids = {"portal": portal.pid, "upstream": upstream.pid}
                     print(f"era {era}: portal pid {portal.pid}, upstream pid {upstream.pid}", file=sys.stderr)
