@@ -95,7 +95,11 @@ def create_app(settings: Settings) -> Starlette:
         sessions=SessionCodec(key),
         streams=streams,
         server_info={"name": "portal", "version": __version__},
-        instructions="Tools from several MCP servers, named {server}_{tool}.",
+        instructions={
+            "aggregated": "Tools of several MCP servers, each named {server}_{tool}.",
+            "codemode": "Write Python against a typed SDK of your tools: `search` finds tools and shows their "
+            "signatures; `execute` runs a program that calls them, several at once with asyncio.gather.",
+        },
         max_body_bytes=settings.max_body_bytes,
         max_json_depth=settings.max_json_depth,
     )

@@ -91,7 +91,7 @@ class McpTransport:
         sessions: SessionCodec,
         streams: Streams,
         server_info: Mapping[str, Any],
-        instructions: str | None = None,
+        instructions: Mapping[str, str] | None = None,
         max_body_bytes: int = 4 * 1024 * 1024,
         max_json_depth: int = 64,
     ) -> None:
@@ -101,7 +101,8 @@ class McpTransport:
         self.sessions = sessions
         self.streams = streams
         self.server_info = dict(server_info)
-        self.instructions = instructions
+        self.instructions = dict(instructions or {})
+        """What each kind of endpoint tells a client about itself (`initialize`, `server/discover`)."""
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
         self._inflight: dict[tuple[str, Any], _RunState] = {}
@@ -240,8 +241,8 @@ class McpTransport:
                 "capabilities": self.capabilities(modern=False),
                 "serverInfo": self.server_info,
             }
-            if self.instructions:
-                result["instructions"] = self.instructions
+            if endpoint.kind in self.instructions:
+                result["instructions"] = self.instructions[endpoint.kind]
             body = orjson.dumps(jsonrpc_result(request_id, result))
             await _respond(send, 200, body, json=True, extra=[(b"mcp-session-id", session.id.encode())])
             return
@@ -290,8 +291,8 @@ class McpTransport:
                 "capabilities": self.capabilities(modern=True),
                 "_meta": {"io.modelcontextprotocol/serverInfo": self.server_info},
             }
-            if self.instructions:
-                result["instructions"] = self.instructions
+            if endpoint.kind in self.instructions:
+                result["instructions"] = self.instructions[endpoint.kind]
             result = shape_result(method, result, modern=True)
             result["_meta"] = {"io.modelcontextprotocol/serverInfo": self.server_info}
             await _respond(send, 200, orjson.dumps(jsonrpc_result(request_id, result)), json=True)
