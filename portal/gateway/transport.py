@@ -48,6 +48,15 @@ from portal.errors import (
     SessionNotFound,
     UnsupportedProtocolVersion,
 )
+from portal.gateway._exchange import (
+    PING_INTERVAL,
+    SSE_HEADERS,
+    WATCH_AFTER,
+    HttpError,
+    RunState,
+    respond,
+    wait_disconnect,
+)
 from portal.gateway.body import read_json_body
 from portal.gateway.forward import MCP_PARAM_HEADERS
 from portal.gateway.rendering import error_status, jsonrpc_error, jsonrpc_result, shape_result, sse_event
@@ -65,17 +74,6 @@ REQUEST_CANCELLED = -32800
 """The answer to a request the client cancelled (2025-11-25), as the SDK's servers give it."""
 MODERN = MODERN_PROTOCOL_VERSIONS[-1]
 LATEST_HANDSHAKE = HANDSHAKE_PROTOCOL_VERSIONS[-1]
-PING_INTERVAL = 15.0
-"""Seconds of silence after which a streamed response or notification stream sends an SSE comment."""
-WATCH_AFTER = 0.05
-"""Seconds a request runs before the portal starts watching for the client going away: a task
-per request costs more than most requests take."""
-
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache, no-transform"),
-    (b"x-accel-buffering", b"no"),
-]
 _LIST_KINDS = frozenset({"tools", "resources", "prompts"})
 
 
@@ -105,7 +103,7 @@ class McpTransport:
         """What each kind of endpoint tells a client about itself (`initialize`, `server/discover`)."""
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
-        self._inflight: dict[tuple[str, Any], _RunState] = {}
+        self._inflight: dict[tuple[str, Any], RunState] = {}
 
     def capabilities(self, *, modern: bool) -> dict[str, Any]:
         caps: dict[str, Any] = {
@@ -123,7 +121,7 @@ class McpTransport:
         method = scope["method"]
         try:
             if method not in ("POST", "GET", "DELETE"):
-                raise _HttpError(405, None, [(b"allow", b"GET, POST, DELETE")])
+                raise HttpError(405, None, [(b"allow", b"GET, POST, DELETE")])
             # Every request on every MCP endpoint carries a valid token for exactly this endpoint
             # (MCP authorization; RFC 8707 audience binding), before anything else is looked at.
             principal = await self._authenticate(endpoint, headers, scope.get("query_string", b""))
@@ -133,8 +131,8 @@ class McpTransport:
                 await self._get(endpoint, headers, receive, send, principal)
             else:
                 await self._delete(headers, send, principal)
-        except _HttpError as exc:
-            await _respond(send, exc.status, orjson.dumps(exc.body) if exc.body else b"", extra=exc.headers)
+        except HttpError as exc:
+            await respond(send, exc.status, orjson.dumps(exc.body) if exc.body else b"", extra=exc.headers)
 
     async def _authenticate(self, endpoint: Endpoint, headers: dict[str, str], query: bytes) -> Principal:
         try:
@@ -148,10 +146,10 @@ class McpTransport:
         except InvalidToken as exc:
             raise self._challenge(endpoint, AuthenticationRequired(exc.message)) from None
 
-    def _challenge(self, endpoint: Endpoint, exc: AuthenticationRequired | InsufficientScope) -> _HttpError:
+    def _challenge(self, endpoint: Endpoint, exc: AuthenticationRequired | InsufficientScope) -> HttpError:
         header = challenge(self.public_url, endpoint.path, exc, endpoint_scope(endpoint.kind, endpoint.server))
         body = jsonrpc_error(None, exc)
-        return _HttpError(
+        return HttpError(
             exc.http_status, body, [(b"content-type", b"application/json"), (b"www-authenticate", header.encode())]
         )
 
@@ -168,23 +166,23 @@ class McpTransport:
     ) -> None:
         content_type = headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
-            raise _HttpError.rpc(415, BadRequest("Content-Type must be application/json"))
+            raise HttpError.rpc(415, BadRequest("Content-Type must be application/json"))
         accept = headers.get("accept", "*/*")
         if not any(t in accept for t in ("application/json", "text/event-stream", "*/*", "application/*")):
-            raise _HttpError.rpc(406, BadRequest("Accept must allow application/json or text/event-stream"))
+            raise HttpError.rpc(406, BadRequest("Accept must allow application/json or text/event-stream"))
         try:
             message = await read_json_body(receive, headers, self.max_body_bytes, self.max_json_depth)
         except PortalError as exc:
-            raise _HttpError.rpc(413 if exc.code == "payload_too_large" else 400, exc) from None
+            raise HttpError.rpc(413 if exc.code == "payload_too_large" else 400, exc) from None
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-            raise _HttpError.rpc(400, BadRequest("Body must be a single JSON-RPC request or notification object"))
+            raise HttpError.rpc(400, BadRequest("Body must be a single JSON-RPC request or notification object"))
         version_header = headers.get("mcp-protocol-version")
         params = message.get("params")
         meta = params.get("_meta") if isinstance(params, dict) else None
         if version_header is not None and version_header not in KNOWN_PROTOCOL_VERSIONS:
             # A request in the 2026 envelope is told the versions server/discover offers.
             stateless = isinstance(meta, dict) and PROTOCOL_VERSION_META_KEY in meta
-            raise _HttpError.rpc(400, _unsupported(version_header, modern=stateless), message.get("id"))
+            raise HttpError.rpc(400, _unsupported(version_header, modern=stateless), message.get("id"))
         modern = version_header in MODERN_PROTOCOL_VERSIONS or (
             version_header is None
             and "mcp-session-id" not in headers
@@ -194,17 +192,17 @@ class McpTransport:
         if "method" not in message:
             # A posted response: the portal sends clients no requests, so there is nothing to match.
             if modern:
-                raise _HttpError.rpc(400, BadRequest("Body must be a single JSON-RPC request or notification"))
-            await _respond(send, 202, b"")
+                raise HttpError.rpc(400, BadRequest("Body must be a single JSON-RPC request or notification"))
+            await respond(send, 202, b"")
             return
         if not isinstance(message["method"], str) or (params is not None and not isinstance(params, dict)):
-            raise _HttpError.rpc(400, BadRequest("Invalid JSON-RPC request"), message.get("id"))
+            raise HttpError.rpc(400, BadRequest("Invalid JSON-RPC request"), message.get("id"))
         if "id" not in message:
             await self._notification(message, headers, modern, send, principal)
             return
         request_id = message["id"]
         if isinstance(request_id, bool) or not isinstance(request_id, str | int):
-            raise _HttpError.rpc(400, BadRequest("Request id must be a string or an integer"))
+            raise HttpError.rpc(400, BadRequest("Request id must be a string or an integer"))
         if modern:
             await self._modern_request(endpoint, message, scope, headers, receive, send, principal)
         else:
@@ -219,7 +217,7 @@ class McpTransport:
             task = self._inflight.get((session.id, params.get("requestId")))
             if task is not None:
                 task.cancel()
-        await _respond(send, 202, b"")
+        await respond(send, 202, b"")
 
     async def _legacy_request(
         self,
@@ -244,12 +242,12 @@ class McpTransport:
             if endpoint.kind in self.instructions:
                 result["instructions"] = self.instructions[endpoint.kind]
             body = orjson.dumps(jsonrpc_result(request_id, result))
-            await _respond(send, 200, body, json=True, extra=[(b"mcp-session-id", session.id.encode())])
+            await respond(send, 200, body, json=True, extra=[(b"mcp-session-id", session.id.encode())])
             return
         session = self._session(headers, principal)
         session_header = [(b"mcp-session-id", session.id.encode())]
         if method == "ping":
-            await _respond(send, 200, orjson.dumps(jsonrpc_result(request_id, {})), json=True, extra=session_header)
+            await respond(send, 200, orjson.dumps(jsonrpc_result(request_id, {})), json=True, extra=session_header)
             return
         request = McpRequest(
             endpoint=endpoint,
@@ -275,14 +273,14 @@ class McpTransport:
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         duplicated = find_duplicated_routing_header(raw_headers)
         if duplicated is not None:
-            raise _HttpError.rpc(400, HeaderMismatch(f"{duplicated} header appears more than once"), request_id)
+            raise HttpError.rpc(400, HeaderMismatch(f"{duplicated} header appears more than once"), request_id)
         verdict = classify_inbound_request(message, headers=headers)
         if isinstance(verdict, InboundLadderRejection):
             error = {"code": verdict.code, "message": verdict.message}
             if verdict.data is not None:
                 error["data"] = verdict.data
             body = {"jsonrpc": "2.0", "id": request_id, "error": error}
-            raise _HttpError(error_status(body, modern=True), body, [(b"content-type", b"application/json")])
+            raise HttpError(error_status(body, modern=True), body, [(b"content-type", b"application/json")])
         method = message["method"]
         params = message.get("params") or {}
         if method == "server/discover":
@@ -295,7 +293,7 @@ class McpTransport:
                 result["instructions"] = self.instructions[endpoint.kind]
             result = shape_result(method, result, modern=True)
             result["_meta"] = {"io.modelcontextprotocol/serverInfo": self.server_info}
-            await _respond(send, 200, orjson.dumps(jsonrpc_result(request_id, result)), json=True)
+            await respond(send, 200, orjson.dumps(jsonrpc_result(request_id, result)), json=True)
             return
         if method == "subscriptions/listen":
             await self._listen(endpoint, request_id, params, headers, receive, send)
@@ -332,7 +330,7 @@ class McpTransport:
         """
         me = asyncio.current_task()
         assert me is not None
-        run = _RunState(me, send, extra)
+        run = RunState(me, send, extra)
 
         async def notify(method: str, params: Mapping[str, Any]) -> None:
             await run.write(sse_event({"jsonrpc": "2.0", "method": method, "params": dict(params)}))
@@ -361,7 +359,7 @@ class McpTransport:
                     error = self._challenge(request.endpoint, exc)
                     async with run.lock:
                         run.finished = True
-                        await _respond(send, error.status, orjson.dumps(error.body), extra=error.headers + extra)
+                        await respond(send, error.status, orjson.dumps(error.body), extra=error.headers + extra)
                     return
             async with run.lock:
                 run.finished = True
@@ -369,7 +367,7 @@ class McpTransport:
                     await send({"type": "http.response.body", "body": sse_event(response), "more_body": False})
                 else:
                     status = error_status(response, modern=request.modern)
-                    await _respond(send, status, orjson.dumps(response), json=True, extra=extra)
+                    await respond(send, status, orjson.dumps(response), json=True, extra=extra)
         finally:
             run.finished = True
             timer.cancel()
@@ -399,7 +397,7 @@ class McpTransport:
         send: Send,
     ) -> None:
         if "text/event-stream" not in headers.get("accept", ""):
-            raise _HttpError(406, None)
+            raise HttpError(406, None)
         wanted = params.get("notifications") if isinstance(params.get("notifications"), dict) else {}
         assert isinstance(wanted, dict)
         honored = {
@@ -420,9 +418,9 @@ class McpTransport:
     ) -> None:
         if headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS:
             # 2026-07-28 has no standalone stream; subscriptions/listen replaces it.
-            raise _HttpError(405, None, [(b"allow", b"POST")])
+            raise HttpError(405, None, [(b"allow", b"POST")])
         if "text/event-stream" not in headers.get("accept", ""):
-            raise _HttpError(406, None)
+            raise HttpError(406, None)
         session = self._session(headers, principal)
         stream = Stream(endpoint.path, endpoint.server, _LIST_KINDS)
         await self._stream(stream, receive, send, [(b"mcp-session-id", session.id.encode())])
@@ -431,9 +429,9 @@ class McpTransport:
         self, stream: Stream, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]], first: Any = None
     ) -> None:
         self.streams.open(stream)
-        watcher = asyncio.create_task(_wait_disconnect(receive))
+        watcher = asyncio.create_task(wait_disconnect(receive))
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + extra})
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + extra})
             await send({"type": "http.response.body", "body": sse_event(first) if first else b"", "more_body": True})
             while True:
                 getter = asyncio.ensure_future(stream.queue.get())
@@ -459,76 +457,22 @@ class McpTransport:
     async def _delete(self, headers: dict[str, str], send: Send, principal: Principal) -> None:
         session = self._session(headers, principal)
         self.sessions.terminate(session)
-        await _respond(send, 200, b"")
+        await respond(send, 200, b"")
 
     def _session(self, headers: dict[str, str], principal: Principal) -> Session:
         session_id = headers.get("mcp-session-id")
         if session_id is None:
-            raise _HttpError.rpc(400, BadRequest("Bad Request: Mcp-Session-Id header is required"))
+            raise HttpError.rpc(400, BadRequest("Bad Request: Mcp-Session-Id header is required"))
         # A session belongs to the user and client that opened it: another token, even a valid
         # one, cannot ride on it (MCP security best practices, session hijacking).
         session = self.sessions.check(session_id, _owner(principal))
         if session is None:
             # Streamable HTTP, session management: an unknown session is a 404, so the client re-initializes.
-            raise _HttpError.rpc(404, SessionNotFound("Session not found"))
+            raise HttpError.rpc(404, SessionNotFound("Session not found"))
         return session
 
 
 _NO_HEADERS: Mapping[str, str] = {}
-
-
-class _RunState:
-    """What `_run` shares with notifications, the keep-alive helper and `notifications/cancelled`."""
-
-    def __init__(self, task: asyncio.Task[Any], send: Send, extra: list[tuple[bytes, bytes]]) -> None:
-        self.task, self.send, self.extra = task, send, extra
-        self.lock = asyncio.Lock()
-        self.streaming = False
-        self.finished = False
-        self.cancelled_by: str | None = None
-        self.keeper: asyncio.Task[None] | None = None
-
-    async def write(self, chunk: bytes) -> None:
-        async with self.lock:
-            if self.finished:
-                return
-            if not self.streaming:
-                await self.send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + self.extra})
-                self.streaming = True
-            await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-    def cancel(self, reason: str = "client") -> None:
-        if not self.finished and self.cancelled_by is None:
-            self.cancelled_by = reason
-            self.task.cancel()
-
-    def watch(self, receive: Receive) -> None:
-        if not self.finished:
-            self.keeper = asyncio.get_running_loop().create_task(self._keep(receive))
-
-    async def _keep(self, receive: Receive) -> None:
-        gone = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            while True:
-                done, _ = await asyncio.wait({gone}, timeout=PING_INTERVAL)
-                if gone in done:
-                    # The client went away: for a 2026 client that is how it cancels.
-                    self.cancel("disconnect")
-                    return
-                await self.write(b": ping\r\n\r\n")
-        finally:
-            gone.cancel()
-
-
-class _HttpError(Exception):
-    """An answer decided before any request handling: status, optional JSON body, headers."""
-
-    def __init__(self, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        self.status, self.body, self.headers = status, body, headers or []
-
-    @classmethod
-    def rpc(cls, status: int, error: PortalError, request_id: Any = None) -> _HttpError:
-        return cls(status, jsonrpc_error(request_id, error), [(b"content-type", b"application/json")])
 
 
 def _owner(principal: Principal) -> str:
@@ -551,19 +495,3 @@ def _caller_meta(params: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     kept = {k: v for k, v in meta.items() if k == LOG_LEVEL_META_KEY or not k.startswith("io.modelcontextprotocol/")}
     return {"_meta": kept} if kept else {}
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _respond(
-    send: Send, status: int, body: bytes, *, json: bool = False, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    headers = [(b"content-length", str(len(body)).encode())]
-    if json:
-        headers.append((b"content-type", b"application/json"))
-    headers.extend(extra or [])
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
