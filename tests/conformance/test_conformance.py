@@ -2,7 +2,7 @@
 
 A target is an MCP endpoint the suite connects to:
 
-- `direct`: `servers/conformance.py`, the fixture server implementing every tool, resource and prompt the
+- `direct`: `servers/conformance/`, the fixture server implementing every tool, resource and prompt the
   suite asks for, served alone. The baseline: every scenario of both eras passes.
 - `portal-hosted`: the portal's per-server endpoint `/servers/conformance/mcp`, the fixture hosted in-process
   (`module = "servers.conformance"`; the portal speaks 2026-07-28 to it).
