@@ -35,7 +35,7 @@ from portal.auth.crypto import digest, random_token
 from portal.auth.errors import oauth_text
 from portal.auth.scopes import parse_scope
 from portal.auth.settings import AuthSettings, ConfidentialClient
-from portal.auth.tables import ClientRow
+from portal.auth.tables import ClientRow, bump_revision
 from portal.db import insert_for
 from portal.errors import NotFound
 from portal.outbound import OutboundFailed, OutboundRefused
@@ -305,6 +305,7 @@ class Clients:
             if row.revoked_at is None:
                 row.revoked_at = int(time.time())
                 session.add(row)
+                bump_revision(session)  # cached verdicts of this client's tokens must be re-checked
                 session.commit()
                 session.refresh(row)
         self._documents.pop(client_id, None)

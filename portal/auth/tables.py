@@ -8,16 +8,23 @@ argon2id hashes, and signing keys encrypted with the master key (AES-GCM).
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Index, LargeBinary, Text
-from sqlmodel import Field, SQLModel
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Connection, Index, LargeBinary, Text, update
+from sqlmodel import Field, Session, SQLModel
+
+from portal.db import insert_for
 
 __all__ = [
     "AccessTokenRow",
     "AuthCodeRow",
+    "AuthRevisionRow",
     "ClientRow",
     "RefreshTokenRow",
     "SigningKeyRow",
     "UserRow",
+    "bump_revision",
+    "seed_rows",
 ]
 
 
@@ -143,3 +150,29 @@ class SigningKeyRow(SQLModel, table=True):
     retired_at: int | None = Field(default=None, sa_type=BigInteger)
     """When `portal keys rotate` replaced it; it still verifies tokens until `drop_after`."""
     drop_after: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class AuthRevisionRow(SQLModel, table=True):
+    """One row (`id` 1): a counter bumped in the same transaction as every change that can take
+    access away (a token, its family or its parent revoked, a user blocked or unblocked, a client
+    revoked). Verification caches its database verdict per token with the revision it was computed
+    at, and reuses it only while the revision is unchanged (see `portal.auth.tokens.Liveness`)."""
+
+    __tablename__ = "auth_revision"
+
+    id: int = Field(primary_key=True)
+    value: int = Field(default=0, sa_type=BigInteger)
+
+
+REVISION_TABLE: Any = getattr(AuthRevisionRow, "__table__")  # noqa: B009
+
+
+def seed_rows(connection: Connection) -> None:
+    """The revision row."""
+    statement = insert_for(connection.dialect.name, REVISION_TABLE).values(id=1, value=0)
+    connection.execute(statement.on_conflict_do_nothing(index_elements=["id"]))
+
+
+def bump_revision(session: Session) -> None:
+    """Advance the revision inside `session`'s transaction (commit it with the change it covers)."""
+    session.exec(update(REVISION_TABLE).where(REVISION_TABLE.c.id == 1).values(value=REVISION_TABLE.c.value + 1))

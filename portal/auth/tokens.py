@@ -4,10 +4,21 @@ Signing and decoding are here; so are the checks that need the database (the tok
 is known and not revoked, its user is not blocked, its client not revoked), which
 `check_live` runs on every verification: a blocked user or a revoked client loses
 access on the next request, not when the token expires.
+
+Both halves are cached without weakening that. The claims of a token string (signature,
+header and claim checks, which cannot change) are kept until the token expires; `exp`, `nbf`,
+`iat` and the audience are checked again on every hit. The database verdict of a `jti` is kept
+with the value of the revision counter (`auth_revision`, see `portal.auth.tables`) it was
+computed at: every change that can take access away bumps the counter in the same transaction,
+and each verification reads the counter (SQLite: one primary-key read on a dedicated
+connection; PostgreSQL: in a worker thread), reusing the verdict only while it is unchanged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import bindparam, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, col, select
 
 from portal.auth.crypto import random_token
@@ -25,7 +37,7 @@ from portal.auth.errors import InvalidToken
 from portal.auth.keys import KeyRing
 from portal.auth.principal import Principal
 from portal.auth.scopes import parse_scope
-from portal.auth.tables import AccessTokenRow, ClientRow, UserRow
+from portal.auth.tables import REVISION_TABLE, AccessTokenRow, ClientRow, UserRow, bump_revision
 
 __all__ = ["LEEWAY_SECONDS", "TOKEN_TYPE", "AccessTokens", "MintedToken"]
 
@@ -36,6 +48,10 @@ LEEWAY_SECONDS = 30
 MAX_DELEGATION_DEPTH = 8
 """How many exchanges deep a token may be; each hop is checked on every use."""
 _REQUIRED = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti", "client_id"]
+CACHE_SIZE = 10_000
+"""How many tokens' claims, and how many `jti`s' database verdicts, one process keeps."""
+REVISION_READ_TIMEOUT = 0.05
+"""Seconds the event loop may wait for SQLite's lock on the revision read before a worker thread takes over."""
 
 
 _TOKENS, _USERS, _CLIENTS = (SQLModel.metadata.tables[t.__tablename__] for t in (AccessTokenRow, UserRow, ClientRow))
@@ -51,6 +67,48 @@ _LIVE_QUERY = (
     .where(_TOKENS.c.jti == bindparam("jti"))
 )
 """One row per check: the token's state, its user's and its client's (built once; see `check_live`)."""
+
+
+_REVISION_QUERY = sa_select(REVISION_TABLE.c.value).where(REVISION_TABLE.c.id == 1)
+_REVISION_SQL = "SELECT value FROM auth_revision WHERE id = 1"
+
+
+class Revisions:
+    """Reads the revision counter: on SQLite files through a dedicated connection per thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        url = engine.url
+        database = url.database or ""
+        local = engine.dialect.name == "sqlite" and not url.query and database not in ("", ":memory:")
+        self._path = database if local and not database.startswith("file:") else None
+        self._local = threading.local()
+
+    def read_local(self) -> int | None:
+        """The counter without leaving the thread (SQLite files only); None when it cannot be read so."""
+        if self._path is None:
+            return None
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        try:
+            if connection is None:
+                # Autocommit: every read is its own transaction, so it sees every commit of
+                # every process (WAL); the short timeout keeps a locked file off the event loop.
+                connection = sqlite3.connect(self._path, timeout=REVISION_READ_TIMEOUT, isolation_level=None)
+                connection.execute("PRAGMA query_only=ON")
+                self._local.connection = connection
+            row = connection.execute(_REVISION_SQL).fetchone()
+        except sqlite3.Error:
+            return None
+        return int(row[0]) if row is not None else None
+
+    def read(self) -> int | None:
+        """The counter through the engine (blocking); None when there is none (no caching then)."""
+        try:
+            with self._engine.connect() as connection:
+                value = connection.execute(_REVISION_QUERY).scalar()
+        except DBAPIError:
+            return None
+        return int(value) if value is not None else None
 
 
 @dataclass(frozen=True)
@@ -72,6 +130,12 @@ class AccessTokens:
         self._engine = engine
         self._keys = keys
         self.issuer = issuer
+        self.revisions = Revisions(engine)
+        self._claims: dict[str, dict[str, Any]] = {}
+        """Token string -> its verified claims (see `cached_claims`)."""
+        self._live: dict[str, tuple[int, int]] = {}
+        """`jti` -> (revision its database check passed at, `exp`)."""
+        self._cache_lock = threading.Lock()
 
     # Issuing
 
@@ -183,6 +247,66 @@ class AccessTokens:
             raise _invalid("the token is malformed")
         return claims
 
+    # Caches
+
+    def cached_claims(self, token: str, *, audience: str) -> dict[str, Any] | None:
+        """The claims of a token verified before (times and audience checked again); None if unseen."""
+        claims = self._claims.get(token)
+        if claims is None:
+            return None
+        now = time.time()
+        if claims["exp"] <= now - LEEWAY_SECONDS:
+            self._claims.pop(token, None)
+            raise _invalid("the token has expired")
+        if claims["nbf"] > now + LEEWAY_SECONDS:
+            raise _invalid("the token is not valid yet")
+        if claims["iat"] > now + LEEWAY_SECONDS:
+            raise _invalid("the token was issued in the future")
+        if claims["aud"] != audience:
+            raise _invalid("the token is not for this endpoint")
+        return claims
+
+    def remember_claims(self, token: str, claims: dict[str, Any]) -> None:
+        """Keep the claims `decode` verified for `token` (until it expires)."""
+        with self._cache_lock:
+            if len(self._claims) >= CACHE_SIZE:
+                now = time.time() - LEEWAY_SECONDS
+                _evict(self._claims, lambda c: bool(c["exp"] <= now))
+            self._claims[token] = claims
+
+    def _remember_live(self, claims: dict[str, Any], revision: int) -> None:
+        with self._cache_lock:
+            if len(self._live) >= CACHE_SIZE:
+                now = time.time() - LEEWAY_SECONDS
+                _evict(self._live, lambda entry: entry[1] <= now)
+            self._live[str(claims["jti"])] = (revision, int(claims["exp"]))
+
+    def _live_at(self, jti: str, revision: int) -> bool:
+        entry = self._live.get(jti)
+        return entry is not None and entry[0] == revision
+
+    async def ensure_live(self, claims: dict[str, Any]) -> None:
+        """`check_live`, skipped while nothing that can take access away changed since it last passed."""
+        revision = self.revisions.read_local()
+        if revision is None:
+            await asyncio.to_thread(self.check_live_cached, claims)
+        elif not self._live_at(str(claims["jti"]), revision):
+            await asyncio.to_thread(self._check_at, claims, revision)
+
+    def check_live_cached(self, claims: dict[str, Any]) -> None:
+        """`check_live` unless it passed at the current revision (read first, through the engine)."""
+        revision = self.revisions.read()
+        if revision is not None and self._live_at(str(claims["jti"]), revision):
+            return
+        self._check_at(claims, revision)
+
+    def _check_at(self, claims: dict[str, Any], revision: int | None) -> None:
+        # `revision` was read before the check: a change committed in between bumps it past
+        # `revision`, so the verdict recorded here is re-checked on the next request.
+        self.check_live(claims)
+        if revision is not None:
+            self._remember_live(claims, revision)
+
     def check_live(self, claims: dict[str, Any]) -> None:
         """The database side of verification: known, unrevoked, user unblocked, client unrevoked."""
         jti = claims["jti"]
@@ -243,6 +367,7 @@ class AccessTokens:
                 frontier = list(
                     session.exec(select(AccessTokenRow.jti).where(col(AccessTokenRow.parent_jti).in_(frontier)))
                 )
+            bump_revision(session)
             session.commit()
         return count
 
@@ -257,6 +382,7 @@ class AccessTokens:
         )
         if jtis:
             session.exec(update(AccessTokenRow).where(col(AccessTokenRow.jti).in_(jtis)).values(revoked_at=now))
+            bump_revision(session)
         return jtis
 
     def listing(self, *, subject: str | None = None, include_inactive: bool = False) -> list[AccessTokenRow]:
@@ -270,3 +396,13 @@ class AccessTokens:
             )
         with Session(self._engine) as session:
             return list(session.exec(query))
+
+
+def _evict(cache: dict[str, Any], expired: Any) -> None:
+    """Drop the expired entries of a full cache, then the oldest until a tenth is free."""
+    for key in [key for key, value in cache.items() if expired(value)]:
+        del cache[key]
+    excess = len(cache) - CACHE_SIZE * 9 // 10
+    if excess > 0:
+        for key in list(cache)[:excess]:
+            del cache[key]

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from portal.auth.errors import UnknownUser
-from portal.auth.tables import UserRow
+from portal.auth.tables import UserRow, bump_revision
 from portal.errors import ConfigError
 
 __all__ = ["GROUP_NAME", "USER_NAME", "Users"]
@@ -98,6 +98,7 @@ class Users:
                 raise UnknownUser(f"unknown user '{subject}'", user=subject)
             row.blocked = blocked
             session.add(row)
+            bump_revision(session)  # cached verdicts of this user's tokens must be re-checked
             session.commit()
             session.refresh(row)
         return row

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
+from alembic.script import ScriptDirectory
 
 from portal.audit import AuditLog
 from portal.audit.chain import RECORDS
 from portal.cli import main
 from portal.db import create_engine
+from portal.migrations import alembic_config
 from portal.settings import load_settings
 
 
@@ -24,7 +26,8 @@ def config(tmp_path: Path) -> Path:
 
 def test_audit_commands(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade", "--config", str(config)]) == 0
-    assert "revision 0001" in capsys.readouterr().out
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert f"revision {head}" in capsys.readouterr().out
     settings = load_settings(config)
     engine = create_engine(settings)
     log = AuditLog.from_settings(settings, engine)
