@@ -29,7 +29,6 @@ import contextlib
 import itertools
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -38,7 +37,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +50,8 @@ if str(ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402
 import tiktoken  # noqa: E402
+
+from bench._machine import machine  # noqa: E402  (this folder is off sys.path, see above)
 
 HOST = "127.0.0.1"
 ERA = "2026-07-28"
@@ -379,32 +379,6 @@ async def measure_size(size: int, args: argparse.Namespace, encoding: Any) -> di
         return figures
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": versions,
-        "commit": commit or None,
-    }
-
-
 def verdicts(sizes: list[dict[str, Any]]) -> dict[str, Any]:
     listing = max(s["listing"]["/codemode/mcp"]["tokens"] for s in sizes)
     overhead = max(s["programs"]["one call"]["overhead_p50_ms"] for s in sizes)
@@ -458,7 +432,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "duration_s": round(time.monotonic() - started, 1),
-        "machine": machine(),
+        "machine": machine(PACKAGES),
         "method": {
             "era": ERA,
             "tokenizer": f"tiktoken {ENCODING}",

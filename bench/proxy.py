@@ -47,7 +47,6 @@ import contextlib
 import itertools
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -56,11 +55,11 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _machine import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -586,32 +585,6 @@ def _progress(era: str, name: str, phase: str, figures: dict[str, Any]) -> None:
     print(f"  {era} {name:<6} {phase:<10} {shown}", file=sys.stderr, flush=True)
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": versions,
-        "commit": commit or None,
-    }
-
-
 def table(results: dict[str, Any]) -> str:
     header = ["era", "endpoint", "p50 ms", "p99 ms", "rps @c", "portal us", "upstr us", "other", "p50 +ms", "ratio"]
     header += ["targets"]
@@ -707,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": round(time.monotonic() - started, 1),
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
         "targets": {"p50_overhead_ms_max": OVERHEAD_TARGET_MS, "throughput_ratio_min": RATIO_TARGET},
-        "machine": machine(),
+        "machine": machine(PACKAGES),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         **results,
