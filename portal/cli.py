@@ -205,6 +205,7 @@ def _demo_command(args: argparse.Namespace) -> int:
         print("Portal demo")
         print(f"  data folder   {data_dir}")
         print(f"  MCP endpoint  {settings.public_url}/mcp")
+        print(f"  Code Mode     {settings.public_url}/codemode/mcp")
         for name in names:
             print(f"  {name:<13} {settings.public_url}/servers/{name}/mcp")
         for companion in companions:
