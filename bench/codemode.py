@@ -29,7 +29,6 @@ import contextlib
 import itertools
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -52,6 +51,7 @@ import aiohttp  # noqa: E402
 import tiktoken  # noqa: E402
 
 from bench._machine import machine  # noqa: E402  (this folder is off sys.path, see above)
+from bench._process import running  # noqa: E402
 
 HOST = "127.0.0.1"
 ERA = "2026-07-28"
@@ -199,18 +199,8 @@ async def mint_tokens(folder: Path, base: str) -> dict[str, str]:
 def portal_process(config: Path, port: int, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     argv = [sys.executable, "-m", "portal", "serve", "--config", str(config), "--host", HOST, "--port", str(port)]
     argv += ["--log-level", "warning"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+    with running(argv, log, cwd=ROOT, env=env, grace=15) as child:
+        yield child
 
 
 class Client:

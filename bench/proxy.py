@@ -47,7 +47,6 @@ import contextlib
 import itertools
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -60,6 +59,7 @@ from typing import Any
 
 import aiohttp
 from _machine import machine
+from _process import running
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -373,24 +373,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextlib.contextmanager
-def _process(
-    argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-
-
 async def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, ready: Any = None) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
@@ -481,7 +463,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         upstream_url = f"http://{HOST}:{upstream_port}/mcp"
         upstream_log = folder / "upstream.log"
         argv = [sys.executable, str(ROOT / "bench" / "upstream.py"), "--port", str(upstream_port)]
-        with _process(argv, upstream_log) as upstream:
+        with running(argv, upstream_log, cwd=ROOT) as upstream:
             # An SDK server answers a bare GET on /mcp with 4xx: enough to know it listens.
             await _wait_http(upstream_url, upstream, upstream_log)
             for era in args.eras:
@@ -495,7 +477,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 tokens = _mint_tokens(config, (server_url, mcp_url), portal_env, portal_cwd, ttl)
                 argv = [sys.executable, "-m", "portal", "serve", "--config", str(config), "--port", str(port)]
                 argv += ["--log-level", args.portal_log_level]
-                with _process(argv, log, env=portal_env, cwd=portal_cwd) as portal:
+                with running(argv, log, env=portal_env, cwd=portal_cwd) as portal:
                     await _wait_http(f"{base}/readyz", portal, log, _portal_ready)
                     targets = {
                         "direct": Target("direct", era, upstream_url, "echo", payload),

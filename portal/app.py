@@ -157,11 +157,14 @@ def create_app(settings: Settings) -> Starlette:
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(render_metrics(servers), media_type="text/plain; version=0.0.4")
 
+    aggregated = _McpEndpoint(portal, None)
+    per_server = _McpEndpoint(portal, "server")
+    code_mode = _McpEndpoint(portal, "codemode")
     app = _PortalApp(
         routes=[
-            Route("/mcp", _McpEndpoint(portal, None), methods=["GET", "POST", "DELETE"]),
-            Route("/servers/{name}/mcp", _McpEndpoint(portal, "server"), methods=["GET", "POST", "DELETE"]),
-            Route(CODEMODE_ENDPOINT.path, _McpEndpoint(portal, "codemode"), methods=["GET", "POST", "DELETE"]),
+            Route("/mcp", aggregated, methods=["GET", "POST", "DELETE"]),
+            Route("/servers/{name}/mcp", per_server, methods=["GET", "POST", "DELETE"]),
+            Route(CODEMODE_ENDPOINT.path, code_mode, methods=["GET", "POST", "DELETE"]),
             Route("/.well-known/oauth-protected-resource/{path:path}", resource_metadata, methods=["GET", "OPTIONS"]),
             *auth.routes(),
             Route("/healthz", healthz),
@@ -171,9 +174,7 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.portal = portal
-    app.mcp_aggregated = _McpEndpoint(portal, None)
-    app.mcp_server = _McpEndpoint(portal, "server")
-    app.mcp_codemode = _McpEndpoint(portal, "codemode")
+    app.mcp_aggregated, app.mcp_server, app.mcp_codemode = aggregated, per_server, code_mode
     return app
 
 

@@ -43,6 +43,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.subscriptions import ToolsListChanged
 from mcp.types import CallToolResult
 from starlette.applications import Starlette
+from uvicorn_control import crash, stop
 
 from portal.app import Portal, create_app
 from portal.auth.service import AuthService
@@ -186,19 +187,10 @@ class Running:
         return int(self.base.rsplit(":", 1)[1])
 
     def crash(self) -> None:
-        """Stop listening and reset every open connection, as a crashed server process would."""
-        for listener in self.server.servers:
-            listener.close()
-        for connection in list(self.server.server_state.connections):
-            transport = getattr(connection, "transport", None)
-            if transport is not None:
-                transport.abort()
+        crash(self.server)
 
     async def stop(self) -> None:
-        if self.task.done():
-            return
-        self.server.should_exit = True
-        await self.task
+        await stop(self.server, self.task)
 
 
 def loopback_socket(port: int = 0) -> socket.socket:

@@ -20,6 +20,7 @@ import uvicorn
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp_types import JSONRPCMessage
 from upstream_demo_server import DemoState
+from uvicorn_control import crash, stop
 
 __all__ = [
     "DEMO_SCRIPT",
@@ -56,19 +57,10 @@ class RunningServer:
     task: asyncio.Task[None]
 
     def crash(self) -> None:
-        """Stop listening and reset every open connection, as a crashed server process would."""
-        for listener in self.server.servers:
-            listener.close()
-        for connection in list(self.server.server_state.connections):
-            transport = getattr(connection, "transport", None)
-            if transport is not None:
-                transport.abort()
+        crash(self.server)
 
     async def stop(self) -> None:
-        if self.task.done():
-            return
-        self.server.should_exit = True
-        await self.task
+        await stop(self.server, self.task)
 
 
 @asynccontextmanager
