@@ -66,6 +66,8 @@ HOST = "127.0.0.1"
 ERAS = ("2026-07-28", "2025-11-25")
 OVERHEAD_TARGET_MS = 1.0
 RATIO_TARGET = 0.5
+AUDIT_COST_TARGET = 0.10
+"""Recording every call may cost at most this share of the portal's throughput."""
 START_TIMEOUT = 20.0
 REQUEST_TIMEOUT = 10.0
 PHASE_TIME_CAP = 10.0
@@ -200,7 +202,9 @@ async def _call(http: aiohttp.ClientSession, target: Target, request_id: int) ->
 
 def _client(limit: int) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit),
+        # Below the servers' 5 s keep-alive: with four targets, a pool can sit idle longer than that,
+        # and a call written onto a connection the server is closing fails with a reset.
+        connector=aiohttp.TCPConnector(limit=limit, keepalive_timeout=4.0),
         timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
         skip_auto_headers=("User-Agent", "Accept-Encoding"),
     )
@@ -401,12 +405,15 @@ BENCH_USER = "bench"
 """The portal user whose minted tokens the benchmark sends."""
 
 
-def _portal_config(folder: Path, port: int, upstream_url: str, era: str) -> Path:
-    config = folder / f"portal-{era}.toml"
+def _portal_config(folder: Path, port: int, upstream_url: str, era: str, *, audit: bool = True) -> Path:
+    name = f"portal-{era}" + ("" if audit else "-noaudit")
+    config = folder / f"{name}.toml"
     config.write_text(
         "[portal]\n"
         f'public_url = "http://{HOST}:{port}"\n'
-        f'database_url = "sqlite:///portal-{era}.db"\n'
+        f'database_url = "sqlite:///{name}.db"\n'
+        f"\n[audit]\nenabled = {'true' if audit else 'false'}\n"
+        f'spool_path = "{name}-audit-spool.jsonl"\n'
         "\n[auth.grants]\n"
         f'{BENCH_USER} = ["tools:*"]\n'
         "\n[[servers]]\n"
@@ -467,27 +474,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # An SDK server answers a bare GET on /mcp with 4xx: enough to know it listens.
             await _wait_http(upstream_url, upstream, upstream_log)
             for era in args.eras:
-                port = _free_port()
-                base = f"http://{HOST}:{port}"
-                config = _portal_config(folder, port, upstream_url, era)
-                log = folder / f"portal-{era}.log"
-                portal_cwd = Path(args.portal_src or ROOT)
-                server_url, mcp_url = f"{base}/servers/up/mcp", f"{base}/mcp"
-                ttl = min(24 * 3600, int(args.time_limit) + 600)
-                tokens = _mint_tokens(config, (server_url, mcp_url), portal_env, portal_cwd, ttl)
-                argv = [sys.executable, "-m", "portal", "serve", "--config", str(config), "--port", str(port)]
-                argv += ["--log-level", args.portal_log_level]
-                with running(argv, log, env=portal_env, cwd=portal_cwd) as portal:
-                    await _wait_http(f"{base}/readyz", portal, log, _portal_ready)
-                    targets = {
-                        "direct": Target("direct", era, upstream_url, "echo", payload),
-                        "server": Target("server", era, server_url, "echo", payload, token=tokens[server_url]),
-                        "mcp": Target("mcp", era, mcp_url, "up_echo", payload, token=tokens[mcp_url]),
-                    }
-                    pids = {"portal": portal.pid, "upstream": upstream.pid}
-                    print(f"era {era}: portal pid {portal.pid}, upstream pid {upstream.pid}", file=sys.stderr)
-                    era_results = await measure_era(targets, pids, args)
-                    results["eras"][era] = era_results
+                results["eras"][era] = await _measure_portals(args, folder, era, upstream, upstream_url, payload)
     results["portal_loop"] = {
         "uvloop": _version_in("uvloop", portal_env),
         "httptools": _version_in("httptools", portal_env),
@@ -495,7 +482,69 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-async def measure_era(targets: dict[str, Target], pids: dict[str, int], args: argparse.Namespace) -> dict[str, Any]:
+async def _measure_portals(
+    args: argparse.Namespace,
+    folder: Path,
+    era: str,
+    upstream: subprocess.Popen[bytes],
+    upstream_url: str,
+    payload: str,
+) -> dict[str, Any]:
+    """Two portals on `upstream`, pinned to `era`: one as configured by default (audit on), measured on
+    both its endpoints, and one with `[audit] enabled = false`, measured on `/mcp` beside it."""
+    portal_env = _portal_env(args.portal_pythonpath)
+    portal_cwd = Path(args.portal_src or ROOT)
+    ttl = min(24 * 3600, int(args.time_limit) + 600)
+    with contextlib.ExitStack() as stack:
+        started = {}
+        for audit in (True, False):
+            port = _free_port()
+            base = f"http://{HOST}:{port}"
+            config = _portal_config(folder, port, upstream_url, era, audit=audit)
+            urls = (f"{base}/servers/up/mcp", f"{base}/mcp")
+            tokens = _mint_tokens(config, urls, portal_env, portal_cwd, ttl)
+            argv = [sys.executable, "-m", "portal", "serve", "--config", str(config), "--port", str(port)]
+            argv += ["--log-level", args.portal_log_level]
+            log = config.with_suffix(".log")
+            process = stack.enter_context(running(argv, log, env=portal_env, cwd=portal_cwd))
+            await _wait_http(f"{base}/readyz", process, log, _portal_ready)
+            started[audit] = (process, urls, tokens)
+        (audited, (server_url, mcp_url), tokens), (bare, (_, bare_url), bare_tokens) = started[True], started[False]
+        targets = {
+            "direct": Target("direct", era, upstream_url, "echo", payload),
+            "server": Target("server", era, server_url, "echo", payload, token=tokens[server_url]),
+            "mcp": Target("mcp", era, mcp_url, "up_echo", payload, token=tokens[mcp_url]),
+            "mcp-noaudit": Target("mcp-noaudit", era, bare_url, "up_echo", payload, token=bare_tokens[bare_url]),
+        }
+        # Both portals are read on every phase, so that the idle one counts as ours, not as "other".
+        on = {"portal": audited.pid, "upstream": upstream.pid, "idle_portal": bare.pid}
+        off = {"portal": bare.pid, "upstream": upstream.pid, "idle_portal": audited.pid}
+        pids = {name: off if name == "mcp-noaudit" else on for name in targets}
+        print(
+            f"era {era}: portal pids {audited.pid} (audit on), {bare.pid} (off); upstream {upstream.pid}",
+            file=sys.stderr,
+        )
+        era_results = await measure_era(targets, pids, args)
+    era_results["mcp"]["audit_cost"] = _audit_cost(era_results["mcp"], era_results["mcp-noaudit"])
+    return era_results
+
+
+def _audit_cost(on: dict[str, Any], off: dict[str, Any]) -> dict[str, Any]:
+    """What recording every call costs: `/mcp` of the audited portal against the same of the bare one."""
+    ratio = on["throughput"]["rps"] / off["throughput"]["rps"]
+    cpu_on = on["throughput"]["cpu"].get("portal_us_per_call")
+    cpu_off = off["throughput"]["cpu"].get("portal_us_per_call")
+    return {
+        "p50_delta_ms": round(on["latency"]["p50_ms"] - off["latency"]["p50_ms"], 3),
+        "throughput_ratio": round(ratio, 3),
+        "portal_cpu_delta_us": cpu_on - cpu_off if cpu_on is not None and cpu_off is not None else None,
+        "meets_target": ratio >= 1 - AUDIT_COST_TARGET,
+    }
+
+
+async def measure_era(
+    targets: dict[str, Target], pids: dict[str, dict[str, int]], args: argparse.Namespace
+) -> dict[str, Any]:
     """All targets, interleaved: the latency phase in 2 x `args.rounds` chunks and the throughput phase
     in `args.rounds` slices, target after target in a rotating order, so that drift and other load on
     the machine weigh on all of them alike. Connections (and 2025-11-25 sessions) stay open throughout."""
@@ -514,7 +563,8 @@ async def measure_era(targets: dict[str, Target], pids: dict[str, int], args: ar
         chunks = 2 * args.rounds
         for turn in range(chunks):
             for name in names[turn % len(names) :] + names[: turn % len(names)]:
-                await latency_chunk(single[name], targets[name], latencies[name], max(1, args.calls // chunks), pids)
+                calls = max(1, args.calls // chunks)
+                await latency_chunk(single[name], targets[name], latencies[name], calls, pids[name])
         for turn in range(args.rounds):
             for name in names[turn % len(names) :] + names[: turn % len(names)]:
                 await throughput_chunk(
@@ -524,7 +574,7 @@ async def measure_era(targets: dict[str, Target], pids: dict[str, int], args: ar
                     args.concurrency,
                     args.duration / args.rounds,
                     max(1, args.max_calls // args.rounds),
-                    pids,
+                    pids[name],
                 )
     era_results: dict[str, Any] = {}
     for name, target in targets.items():
@@ -576,7 +626,12 @@ def table(results: dict[str, Any]) -> str:
             lat, thr = figures["latency"], figures["throughput"]
             cpu = thr["cpu"]
             versus = figures.get("vs_direct")
-            endpoint = {"direct": "upstream /mcp", "server": "/servers/up/mcp", "mcp": "/mcp (up_echo)"}[name]
+            endpoint = {
+                "direct": "upstream /mcp",
+                "server": "/servers/up/mcp",
+                "mcp": "/mcp (up_echo)",
+                "mcp-noaudit": "/mcp, audit off",
+            }[name]
             rows.append(
                 [
                     era,
@@ -596,6 +651,14 @@ def table(results: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     lines.append("")
+    for era, targets in results["eras"].items():
+        cost = targets.get("mcp", {}).get("audit_cost")
+        if cost:
+            lines.append(
+                f"audit, {era}: /mcp with audit on vs off: p50 {cost['p50_delta_ms']:+.2f} ms, "
+                f"throughput x{cost['throughput_ratio']:.2f}, portal CPU {cost['portal_cpu_delta_us']:+} us/call "
+                f"(target: at most {AUDIT_COST_TARGET:.0%} of throughput: {'ok' if cost['meets_target'] else 'MISSED'})"
+            )
     lines.append(
         "portal us, upstr us: CPU microseconds per call of each process at concurrency "
         f"{results['settings']['concurrency']}; other: cores busy outside the three benchmark "

@@ -23,9 +23,12 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from portal import __version__
+from portal.api import API_PATH, ApiAccess, api_routes
+from portal.audit.log import AuditLog
 from portal.auth.guard import CapabilityGuard
 from portal.auth.principal import Principal
 from portal.auth.resource import protected_resource_metadata
+from portal.auth.scopes import ADMIN_SCOPES
 from portal.auth.service import CORS_PREFLIGHT, AuthService
 from portal.db import create_engine, init_db
 from portal.errors import UnknownServer
@@ -58,15 +61,26 @@ class Portal:
     transport: McpTransport
     streams: Streams
     codemode: CodeModeGateway
+    audit: AuditLog | None
+    """None when `[audit] enabled = false`."""
 
 
-def build_stages(settings: Settings, servers: ServerSet) -> list[Stage]:
+def build_stages(settings: Settings, servers: ServerSet, audit: AuditLog | None = None) -> list[Stage]:
     """The pipeline's stages before the forwarder, in order.
 
-    The router comes first, so that every later stage sees which server and tool a
-    request is for. Authorization and audit join here as their issues land.
+    The audit stage comes first, so that every request is recorded, even one for a tool that
+    does not exist; the router next, so that every later stage sees which server and tool a
+    request is for; the audit gate last, so that a call's start record (durable before it is
+    forwarded) is written only for a call that will be, with the decision of every check before
+    it. A request refused on the way gets one record, with its outcome.
     """
-    return [Router(servers), CapabilityGuard(servers)]
+    stages: list[Stage] = []
+    if audit is not None:
+        stages.append(audit.stage(split=True))
+    stages += [Router(servers), CapabilityGuard(servers)]
+    if audit is not None:
+        stages.append(audit.gate())
+    return stages
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -75,7 +89,8 @@ def create_app(settings: Settings) -> Starlette:
     auth = AuthService(settings, engine)
     servers = ServerSet(base_dir=settings.base_dir, ping_interval=settings.health_interval_seconds)
     codemode = CodeModeGateway(servers)
-    pipeline = Pipeline(build_stages(settings, servers), Forwarder(servers, codemode))
+    audit = AuditLog.from_settings(settings, engine) if settings.audit.enabled else None
+    pipeline = Pipeline(build_stages(settings, servers, audit), Forwarder(servers, codemode))
     codemode.bind(pipeline)
     streams = Streams()
     servers.subscribe(streams.list_changed)
@@ -103,12 +118,15 @@ def create_app(settings: Settings) -> Starlette:
         max_body_bytes=settings.max_body_bytes,
         max_json_depth=settings.max_json_depth,
     )
-    portal = Portal(settings, registry, auth, servers, pipeline, transport, streams, codemode)
+    portal = Portal(settings, registry, auth, servers, pipeline, transport, streams, codemode, audit)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(init_db, engine)
         await auth.start()
+        if audit is not None:
+            await audit.start()
+            audit.subscribe(auth.events)
         await servers.apply(await asyncio.to_thread(registry.servers))
         await codemode.start()
         watcher = asyncio.create_task(_watch_registry(portal), name="registry-watch")
@@ -120,6 +138,8 @@ def create_app(settings: Settings) -> Starlette:
                 await watcher
             await servers.close()
             await codemode.stop()
+            if audit is not None:
+                await audit.close()
             await auth.close()
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(registry.record_health, _health_rows(portal))
@@ -135,6 +155,9 @@ def create_app(settings: Settings) -> Starlette:
         except Exception as exc:
             database = f"unreachable: {type(exc).__name__}"
         body: dict[str, Any] = {"status": "ok" if database == "ok" else "unavailable", "database": database}
+        if audit is not None:
+            # Calls still go on while the database is away (the journal holds their records): not a 503.
+            body["audit"] = "journaling" if audit.spooling else "ok"
         body["servers"] = dict(servers.health())
         return JSONResponse(body, status_code=200 if database == "ok" else 503)
 
@@ -147,6 +170,8 @@ def create_app(settings: Settings) -> Starlette:
             scopes = ["tools:*", *(f"tools:{name}" for name in servers.upstreams)]
         elif path == CODEMODE_ENDPOINT.path:
             scopes = ["codemode"]
+        elif path == API_PATH:
+            scopes = sorted(ADMIN_SCOPES)
         elif (name := _server_of(path)) is not None and name in servers.upstreams:
             scopes = [f"tools:{name}"]
         else:
@@ -167,6 +192,7 @@ def create_app(settings: Settings) -> Starlette:
             Route(CODEMODE_ENDPOINT.path, code_mode, methods=["GET", "POST", "DELETE"]),
             Route("/.well-known/oauth-protected-resource/{path:path}", resource_metadata, methods=["GET", "OPTIONS"]),
             *auth.routes(),
+            *api_routes(ApiAccess(authenticate, settings.public_url), audit),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),

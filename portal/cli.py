@@ -13,16 +13,18 @@ Exit status: 0 on success, 1 when the command fails (a `PortalError`, printed as
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import shlex
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from portal.db import create_engine, init_db
@@ -119,6 +121,25 @@ def open_registry(settings: Settings) -> Iterator[Registry]:
         yield Registry(settings, engine)
     finally:
         engine.dispose()
+
+
+def cli_actor() -> str:
+    """Who an admin change made from the command line is recorded as: the operating-system user."""
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        return f"cli:uid-{os.getuid()}"
+
+
+def record_admin(
+    settings: Settings, engine: Engine, action: str, target: str | None, details: Mapping[str, Any] | None = None
+) -> None:
+    """Record a change made from the command line in the audit log (an admin event), once it is made."""
+    if not settings.audit.enabled:
+        return
+    from portal.audit.log import AuditLog
+
+    AuditLog.from_settings(settings, engine).admin_sync(cli_actor(), action, target, details)
 
 
 def _print_json(value: Any) -> None:
@@ -357,16 +378,22 @@ def _servers_add(args: argparse.Namespace) -> int:
         tools_deny=tuple(args.deny),
         protocol=args.protocol,
     )
-    with open_registry(load_config(args)) as registry:
+    settings = load_config(args)
+    with open_registry(settings) as registry:
         registry.add(server)
+        record_admin(
+            settings, registry.engine, "servers.add", server.name, {"kind": server.kind, "enabled": server.enabled}
+        )
     state = "" if server.enabled else ", disabled"
     print(f"added server '{server.name}' ({server.kind}: {_target(server)}{state})")
     return 0
 
 
 def _servers_remove(args: argparse.Namespace) -> int:
-    with open_registry(load_config(args)) as registry:
+    settings = load_config(args)
+    with open_registry(settings) as registry:
         registry.remove(args.name)
+        record_admin(settings, registry.engine, "servers.remove", args.name)
     print(f"removed server '{args.name}'")
     return 0
 
@@ -380,8 +407,10 @@ def _servers_disable(args: argparse.Namespace) -> int:
 
 
 def _set_enabled(args: argparse.Namespace, enabled: bool) -> int:
-    with open_registry(load_config(args)) as registry:
+    settings = load_config(args)
+    with open_registry(settings) as registry:
         registry.set_enabled(args.name, enabled)
+        record_admin(settings, registry.engine, "servers.enable" if enabled else "servers.disable", args.name)
     print(f"{'enabled' if enabled else 'disabled'} server '{args.name}'")
     return 0
 

@@ -18,7 +18,15 @@ from pathlib import Path
 
 from portal.auth.scopes import narrower_or_equal, parse_scope
 from portal.auth.service import AuthService
-from portal.cli import Commands, _data_options, _json_option, _print_json, _print_table, load_config
+from portal.cli import (
+    Commands,
+    _data_options,
+    _json_option,
+    _print_json,
+    _print_table,
+    load_config,
+    record_admin,
+)
 from portal.db import create_engine, init_db
 from portal.errors import ConfigError, PortalError
 from portal.settings import Settings
@@ -103,8 +111,10 @@ def _read_password(args: argparse.Namespace) -> str | None:
 
 def _users_add(args: argparse.Namespace) -> int:
     password = _read_password(args)
-    with open_auth(load_config(args)) as auth:
+    settings = load_config(args)
+    with open_auth(settings) as auth:
         row = auth.users.add(args.name, password, args.group)
+        record_admin(settings, auth.engine, "users.add", row.subject, {"groups": list(row.groups)})
     groups = f" (groups: {', '.join(row.groups)})" if row.groups else ""
     print(f"added user '{row.subject}'{groups}")
     return 0
@@ -152,8 +162,10 @@ def _users_list(args: argparse.Namespace) -> int:
 
 
 def _users_block(args: argparse.Namespace) -> int:
-    with open_auth(load_config(args)) as auth:
+    settings = load_config(args)
+    with open_auth(settings) as auth:
         auth.users.set_blocked(args.name, not args.unblock)
+        record_admin(settings, auth.engine, "users.unblock" if args.unblock else "users.block", args.name)
     if args.unblock:
         print(f"unblocked user '{args.name}'")
     else:
@@ -214,8 +226,10 @@ def _clients_list(args: argparse.Namespace) -> int:
 
 
 def _clients_revoke(args: argparse.Namespace) -> int:
-    with open_auth(load_config(args)) as auth:
+    settings = load_config(args)
+    with open_auth(settings) as auth:
         auth.clients.revoke(args.client_id)
+        record_admin(settings, auth.engine, "clients.revoke", args.client_id)
     print(f"revoked client '{args.client_id}'")
     return 0
 
@@ -272,6 +286,8 @@ def _tokens_mint(args: argparse.Namespace) -> int:
             # A minted token is never wider than what the operator granted the user.
             raise PortalError(f"user '{args.user}' is not granted {' '.join(sorted(asked))}")
         token = auth.mint_for_cli(user.subject, asked, resource, ttl)
+        details = {"scope": " ".join(sorted(asked)), "resource": resource, "ttl": ttl}
+        record_admin(settings, auth.engine, "tokens.mint", user.subject, details)
     print(token)
     return 0
 
@@ -326,7 +342,8 @@ def _tokens_revoke(args: argparse.Namespace) -> int:
     if not args.token_ids and not args.user:
         parser.error("give TOKEN_ID... or --user U")
     count = 0
-    with open_auth(load_config(args)) as auth:
+    settings = load_config(args)
+    with open_auth(settings) as auth:
         for jti in args.token_ids:
             if auth.context.tokens.get(jti) is None:
                 raise PortalError(f"unknown token '{jti}'")
@@ -334,6 +351,9 @@ def _tokens_revoke(args: argparse.Namespace) -> int:
         if args.user:
             auth.users.require(args.user)
             count += auth.context.families.revoke_subject(args.user)
+        target = args.user or ",".join(args.token_ids)
+        details = {"token_ids": list(args.token_ids), "user": args.user, "revoked": count}
+        record_admin(settings, auth.engine, "tokens.revoke", target, details)
     print(f"revoked {count} token{'s' if count != 1 else ''}")
     return 0
 
@@ -355,9 +375,11 @@ def _add_keys(commands: Commands) -> None:
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
-    with open_auth(load_config(args)) as auth:
+    settings = load_config(args)
+    with open_auth(settings) as auth:
         keys = auth.context.keys
         kid = keys.rotate()
+        record_admin(settings, auth.engine, "keys.rotate", kid)
         retired = [row for _, _, row in keys.published() if row.retired_at is not None]
     print(f"new signing key {kid}")
     for row in retired:

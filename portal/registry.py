@@ -188,6 +188,7 @@ class Registry:
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self._engine = engine
+        self.engine = engine
         self._config = {server.name: server for server in settings.servers}
 
     # Reading

@@ -151,6 +151,10 @@ class Settings:
     A relative SQLite path is relative to the directory of `portal.toml`."""
     redis_url: str | None = None
     """Redis for state shared between replicas (optional)."""
+    sqlite_synchronous: str = "normal"
+    """SQLite's `synchronous` (WAL mode): `normal` makes a commit durable against a crash of the portal,
+    without an fsync per commit; `full` also against a power loss or an OS crash, at an fsync per commit
+    (audit start records are group-committed either way). Ignored on PostgreSQL."""
     policies_dir: str = "policies"
     """Folder of Cedar policies, relative to the directory of `portal.toml`."""
     max_body_bytes: int = 4 * 1024 * 1024
@@ -191,6 +195,7 @@ _PORTAL_KEYS = {
     "public_url": str,
     "database_url": str,
     "redis_url": str,
+    "sqlite_synchronous": str,
     "policies_dir": str,
     "max_body_bytes": int,
     "max_json_depth": int,
@@ -235,6 +240,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
     auth = parse_auth_settings(raw.get("auth", {}), env)
     audit = AuditSettings.from_mapping(raw.get("audit", {}))
     settings = Settings(base_dir=str(base_dir), servers=servers, auth=auth, audit=audit, **values)
+    if settings.sqlite_synchronous not in ("normal", "full"):
+        raise ConfigError("[portal] sqlite_synchronous must be 'normal' or 'full'")
     if not settings.public_url.startswith(("http://", "https://")):
         raise ConfigError("[portal] public_url must be an http(s) URL")
     return replace(settings, public_url=settings.public_url.rstrip("/"))

@@ -11,16 +11,61 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["canonical_json"]
+import orjson
+
+__all__ = ["canonical_json", "canonical_row"]
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def canonical_json(value: Any) -> bytes:
     """The RFC 8785 canonical encoding of `value`, as UTF-8."""
+    if _orjson_safe(value):
+        # Without floats and with ASCII keys, orjson's sorted compact output is byte for byte
+        # RFC 8785 (same minimal escapes, lowercase `\u00xx`, integers as digits, code point
+        # order = UTF-16 order for ASCII), at a twentieth of the cost: the chain hashes every record.
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except (TypeError, orjson.JSONEncodeError):
+            pass  # integers beyond 64 bits, lone surrogates: the reference encoder decides
     parts: list[str] = []
     _encode(value, parts)
     return "".join(parts).encode("utf-8")
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+_ROW_TYPES = _SCALARS | {list, dict}
+
+
+def canonical_row(row: dict[str, Any], nested: tuple[str, ...]) -> bytes:
+    """`canonical_json(row)` for a database row whose only containers are the members named in
+    `nested` (an audit record: its other columns cannot hold one), checking those alone in depth."""
+    if (
+        _ROW_TYPES.issuperset(map(type, row.values()))
+        and all(_orjson_safe(row[name]) for name in nested if name in row)
+        and all(key.isascii() for key in row)
+    ):
+        try:
+            return orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
+        except (TypeError, orjson.JSONEncodeError):
+            pass
+    return canonical_json(row)
+
+
+def _orjson_safe(value: Any) -> bool:
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                return False
+            if type(item) not in _SCALARS and not _orjson_safe(item):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(type(item) in _SCALARS or _orjson_safe(item) for item in value)
+    return False
 
 
 def _string(text: str) -> str:

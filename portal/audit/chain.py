@@ -7,19 +7,22 @@ the CLI can use it directly.
 from __future__ import annotations
 
 import hashlib
+import os
+import random
 import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
-from sqlalchemy import Connection, select, update
+from sqlalchemy import JSON, Connection, select, update
 from sqlalchemy.engine import Engine
 
-from portal.audit.canonical import canonical_json
+from portal.audit.canonical import canonical_json, canonical_row
 from portal.audit.tables import HASHED_FIELDS, AuditCheckpointRow, AuditHeadRow, AuditKeyRow, AuditRecordRow
 from portal.auth.crypto import MasterKey
 from portal.errors import PortalError
@@ -43,8 +46,18 @@ CHECKPOINTS: Any = AuditCheckpointRow.__table__  # type: ignore[attr-defined]
 KEYS: Any = AuditKeyRow.__table__  # type: ignore[attr-defined]
 
 
+_ids = random.Random(secrets.randbits(128))
+os.register_at_fork(after_in_child=lambda: _ids.seed(secrets.randbits(128)))
+
+
 def new_id() -> str:
-    return secrets.token_hex(16)
+    """A record id: 48 bits of milliseconds then 80 random bits, in hex (the layout of UUIDv7).
+
+    Time first, so that the id indexes grow at their right edge instead of at random places
+    (an insert then touches pages already in cache). Ids name records, they guard nothing: a
+    PRNG seeded from the OS is enough, and costs no system call per record.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{_ids.getrandbits(80):020x}"
 
 
 def now_us() -> int:
@@ -53,18 +66,25 @@ def now_us() -> int:
 
 def record_hash(record: dict[str, Any]) -> str:
     """SHA-256 (hex) of the RFC 8785 encoding of every hashed field of `record` (prev_hash included)."""
-    body = {name: _json_value(record.get(name)) for name in HASHED_FIELDS}
+    body = {name: record.get(name) for name in HASHED_FIELDS}
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_json_value(item) for item in value]
-    if isinstance(value, list):
-        return [_json_value(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): _json_value(item) for key, item in value.items()}
-    return value
+_NESTED = ("groups", "policy_ids", "arguments", "result", "details")
+"""The members of a record that may hold containers (its JSON columns)."""
+_JSON_COLUMNS = frozenset(name for name, column in RECORDS.c.items() if isinstance(column.type, JSON))
+_COLUMNS = (*HASHED_FIELDS, "hash")
+
+
+def _insert_sql(dialect: str) -> str:
+    mark = "?" if dialect == "sqlite" else "%s"
+    return f"INSERT INTO audit_records ({', '.join(_COLUMNS)}) VALUES ({', '.join([mark] * len(_COLUMNS))})"
+
+
+def _row_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    # JSON columns as text, the way SQLAlchemy's JSON type stores them (None as `null`); a direct
+    # executemany costs a fraction of the ORM-level insert, and every call writes two records.
+    return tuple(orjson.dumps(row[name]).decode() if name in _JSON_COLUMNS else row[name] for name in _COLUMNS)
 
 
 def _begin_write(connection: Connection) -> None:
@@ -114,10 +134,10 @@ class ChainWriter:
                     row["policy_ids"] = list(row["policy_ids"] or [])
                     row["seq"] = seq
                     row["prev_hash"] = prev
-                    row["hash"] = prev = record_hash(row)
+                    row["hash"] = prev = hashlib.sha256(canonical_row(row, _NESTED)).hexdigest()
                     rows.append(row)
                 if rows:
-                    connection.execute(RECORDS.insert(), rows)
+                    connection.exec_driver_sql(_insert_sql(connection.dialect.name), [_row_values(row) for row in rows])
                     connection.execute(update(HEAD).where(HEAD.c.id == 1).values(seq=seq, hash=prev))
             except BaseException:
                 connection.exec_driver_sql("ROLLBACK")

@@ -8,14 +8,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 from portal.audit.log import AuditLog, prune
-from portal.audit.query import Filters, after, export, search, show, stats
+from portal.audit.query import Filters, after, export, parse_time, search, show, stats
 from portal.cli import Commands, _data_options, _json_option, _print_json, _print_table, load_config
 from portal.db import create_engine, init_db
-from portal.errors import ConfigError
+from portal.errors import BadRequest, ConfigError
 
 __all__ = ["add_audit_commands", "add_db_commands", "open_audit"]
 
@@ -32,14 +31,10 @@ def open_audit(args: argparse.Namespace) -> Iterator[AuditLog]:
 
 
 def _time(text: str) -> int:
-    """An ISO 8601 date or time (UTC unless it says otherwise) as Unix microseconds."""
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"not a date or time: {text!r} (use e.g. 2026-01-31 or 2026-01-31T12:00:00Z)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1_000_000)
+        return parse_time(text)
+    except BadRequest as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _filter_options() -> argparse.ArgumentParser:
@@ -51,7 +46,9 @@ def _filter_options() -> argparse.ArgumentParser:
     parent.add_argument("--decision", help="allow or deny")
     parent.add_argument("--outcome", help="ok, error, denied, timeout, cancelled, success, failure")
     parent.add_argument("--kind", choices=("call", "auth", "admin"))
-    parent.add_argument("--since", type=_time, metavar="TIME", help="from this ISO date or time (UTC)")
+    parent.add_argument(
+        "--since", type=_time, metavar="TIME", help="from this ISO date or time (UTC), or a span ago: 30m, 12h, 7d"
+    )
     parent.add_argument("--until", type=_time, metavar="TIME", help="before this ISO date or time (UTC)")
     parent.add_argument("--text", help="free text, in names, arguments and details")
     return parent

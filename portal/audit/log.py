@@ -1,27 +1,29 @@
-"""`AuditLog`: group commit, the write-ahead spool, checkpoints, auth and admin records.
+"""`AuditLog`: the write-ahead journal, group commit, checkpoints, auth and admin records.
 
-Records are queued; one writer task takes everything queued (up to `batch_max`) and
-appends it in one transaction (group commit), then wakes every caller of the batch. When
-the database fails, the batch goes to the spool (JSONL, fsynced) and so does everything
-after it, until a replay (every `retry_seconds`) has moved the spool into the chain, in
-order; with `on_db_failure = "refuse"` the callers get `AuditUnavailable` instead.
+With `on_db_failure = "spool"` (the default), a record is durable once it is in the local
+journal (`portal.audit.journal`): appending it is one `write()` (and one shared `fsync` when
+`[audit] fsync` is on), so a call waits microseconds, not a database round trip. The shipper
+(`portal.audit.shipper`, its own process) chains and inserts journaled records in batches
+(group commit) and keeps them in the journal for as long as the database is away.
+
+With `on_db_failure = "refuse"` there is no journal: records are group-committed by a task of
+the portal, a call waits for its record's commit, and a call whose record cannot be committed
+gets `AuditUnavailable` and is not forwarded. So does every call on an in-memory SQLite database,
+which no other process can reach.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -37,8 +39,10 @@ from portal.audit.chain import (
     now_us,
     verify_chain,
 )
+from portal.audit.journal import Journal
 from portal.audit.redact import Redactor
 from portal.audit.settings import AuditSettings
+from portal.audit.shipper import ShipperProcess
 from portal.auth.crypto import MasterKey
 from portal.errors import PortalError
 
@@ -47,9 +51,13 @@ if TYPE_CHECKING:
     from portal.auth.events import AuthEvent, AuthEvents
     from portal.settings import Settings
 
-__all__ = ["AuditLog", "AuditUnavailable", "Spool", "prune"]
+__all__ = ["AuditLog", "AuditUnavailable", "prune"]
 
 logger = logging.getLogger("portal.audit")
+
+_DB_ERRORS = (SQLAlchemyError, OSError, PortalError)
+SHIPPER_STOP_SECONDS = 30.0
+"""How long shutdown waits for the shipper to move the journal into the database."""
 
 
 class AuditUnavailable(PortalError):
@@ -59,52 +67,15 @@ class AuditUnavailable(PortalError):
     http_status = 503
 
 
-class Spool:
-    """An append-only JSONL file of records not yet in the database, fsynced on every append."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def append(self, records: list[dict[str, Any]]) -> None:
-        data = "".join(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n" for record in records)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, data.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        records = []
-        with self.path.open(encoding="utf-8") as file:
-            for line in file:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:  # a line cut short by a crash mid-append: it was never acknowledged
-                    logger.warning("audit spool: skipping a partial line")
-        return records
-
-    def pending(self) -> bool:
-        return self.path.exists() and self.path.stat().st_size > 0
-
-    def clear(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 _STOP = object()
 
 
 class AuditLog:
     """The audit log of one database.
 
-    `await start()` on the portal's event loop, `await close()` at shutdown (drains the queue
-    and signs the head). Without `start()` (the CLI), records are written synchronously.
+    `await start()` on the portal's event loop, `await close()` at shutdown (ships or commits
+    what is pending and signs the head). Without `start()` (the CLI), records are written to the
+    database at once.
     """
 
     def __init__(
@@ -116,20 +87,21 @@ class AuditLog:
         self.redactor = Redactor(master.derive("audit redact"))
         self.keys = AuditKeys(engine, master)
         self.writer = ChainWriter(engine)
-        self.spool = Spool(Path(spool_path if spool_path is not None else settings.spool_path))
+        self.journal = Journal(
+            Path(spool_path if spool_path is not None else settings.spool_path), fsync=settings.fsync
+        )
+        self.shipper: ShipperProcess | None = None
         self._lock = threading.Lock()
-        self._spooling = self.spool.pending()
-        self._last_retry = 0.0
         self._queue: asyncio.Queue[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: list[Callable[[], None]] = []
-        self.written = 0
-        """Records this process made durable (database or spool)."""
+        self._written = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, engine: Engine, audit: AuditSettings | None = None) -> AuditLog:
-        """The audit log of a portal: its `[audit]` settings, master key and spool in its data folder."""
+        """The audit log of a portal: its `[audit]` settings, master key and journal in its data folder."""
         from portal.auth.crypto import load_master_key
 
         audit = audit or getattr(settings, "audit", None) or AuditSettings()
@@ -138,55 +110,93 @@ class AuditLog:
     # Life cycle
 
     @property
+    def written(self) -> int:
+        """Records inserted into the database since `start()` (by the shipper or by this process)."""
+        shipped = self.shipper.status.stored.value if self.shipper is not None else 0
+        return self._written + shipped
+
+    @property
     def spooling(self) -> bool:
-        return self._spooling
+        """Whether records wait in the journal because the database refuses them."""
+        return self.shipper is not None and bool(self.shipper.status.failing.value)
 
     async def start(self) -> None:
+        """Open the journal and start the shipper (or, without a journal, the commit task)."""
         self._loop = asyncio.get_running_loop()
-        self._queue = asyncio.Queue()
-        if self._spooling:
-            await asyncio.to_thread(self._replay)
-        self._tasks = [asyncio.create_task(self._write_loop(), name="audit-writer")]
+        self._thread = threading.get_ident()
+        if self.settings.on_db_failure == "spool" and not _in_memory(self.engine):
+            first = self.journal.open()
+            synchronous = await asyncio.to_thread(_sqlite_synchronous, self.engine)
+            url = self.engine.url.render_as_string(hide_password=False)
+            self.shipper = ShipperProcess(url, synchronous, self.journal.path, self.settings)
+            try:
+                await asyncio.to_thread(self.shipper.start, first)
+            except BaseException:
+                self.journal.close()
+                self.shipper = None
+                raise
+            self._tasks = [asyncio.create_task(self._watch_shipper(), name="audit-shipper-watch")]
+        else:
+            self._queue = asyncio.Queue()
+            self._tasks = [asyncio.create_task(self._write_loop(), name="audit-writer")]
         if self.settings.checkpoint_interval_seconds > 0:
             self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="audit-checkpoints"))
 
     async def close(self) -> None:
-        """Write everything queued, try to replay the spool, sign the head, stop."""
+        """Ship or commit everything pending, sign the head, stop."""
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
-        if self._queue is not None and self._tasks:
-            self._queue.put_nowait(_STOP)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tasks[0]
-            for task in self._tasks[1:]:
+        writer = self._tasks[0] if self._queue is not None and self._tasks else None
+        for task in self._tasks:
+            if task is not writer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if writer is not None and self._queue is not None:
+            self._queue.put_nowait(_STOP)
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
         self._tasks = []
         self._queue = None
         self._loop = None
-        await asyncio.to_thread(self._final_checkpoint)
+        failing = False
+        if self.shipper is not None:
+            # The lock is kept until the shipper is done: it then treats every segment as closed.
+            self.journal.close(release=False)
+            try:
+                await asyncio.to_thread(self.shipper.stop, SHIPPER_STOP_SECONDS)
+            finally:
+                self.journal.release()
+            failing = bool(self.shipper.status.failing.value)
+        if not failing:
+            try:
+                await asyncio.to_thread(checkpoint, self.engine, self.keys)
+            except _DB_ERRORS as exc:
+                logger.warning("audit: no checkpoint at shutdown: %s", exc)
 
-    def _final_checkpoint(self) -> None:
-        try:
-            if self._spooling:
-                self._replay(force=True)
-            if not self._spooling:
-                checkpoint(self.engine, self.keys)
-        except (SQLAlchemyError, OSError) as exc:
-            logger.warning("audit: no checkpoint at shutdown: %s", exc)
+    async def drained(self, timeout: float = 30.0) -> None:
+        """Return once every record appended so far is in the database (or raise `TimeoutError`)."""
+        async with asyncio.timeout(timeout):
+            if self.shipper is not None:
+                target = self.journal.appended
+                while self.shipper.status.shipped.value < target:
+                    await asyncio.sleep(0.005)
+            elif self._queue is not None:
+                marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._queue.put_nowait((None, marker))
+                await marker
 
     # Writing
 
     async def append(self, record: dict[str, Any]) -> None:
-        """Queue `record` and return once it is durable (raises `AuditUnavailable` otherwise)."""
+        """Make `record` durable (raises `AuditUnavailable` when it cannot be)."""
         await self.submit(record)
 
     def submit(self, record: dict[str, Any]) -> asyncio.Future[None]:
-        """Queue `record` without waiting; the future resolves when it is durable. Outside a started log,
-        writes it now."""
-        if self._queue is None or self._loop is None:
+        """Record `record`; the future resolves when it is durable. Outside a started log, writes it now."""
+        loop = self._loop
+        if loop is None:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             try:
                 self.write_sync([record])
@@ -194,73 +204,46 @@ class AuditLog:
             except AuditUnavailable as exc:
                 future.set_exception(exc)
             return future
-        future = self._loop.create_future()
-        self._queue.put_nowait((record, future))
+        if self.shipper is None:
+            assert self._queue is not None
+            future = loop.create_future()
+            self._queue.put_nowait((record, future))
+            return future
+        future = loop.create_future()
+        try:
+            self.journal.append(record)
+        except OSError as exc:
+            logger.error("audit: the journal cannot be written: %s", exc)
+            future.set_exception(AuditUnavailable("the audit log cannot be written; the call was refused"))
+            return future
+        if self.journal.fsync:
+            return asyncio.ensure_future(self.journal.sync())
+        future.set_result(None)
         return future
 
     def write_sync(self, records: list[dict[str, Any]]) -> None:
-        """Make `records` durable now, in this thread (the CLI; the writer task's worker thread)."""
+        """Commit `records` to the database now, in this thread (the CLI, and the commit task's worker thread)."""
         with self._lock:
-            self._persist(records)
+            try:
+                self.writer.append(records)
+            except _DB_ERRORS as exc:
+                raise AuditUnavailable("the audit log cannot be written") from exc
+        self._written += len(records)
 
-    def _persist(self, records: list[dict[str, Any]]) -> None:
-        if self._spooling:
-            self._to_spool(records)
-            if time.monotonic() - self._last_retry >= self.settings.retry_seconds:
-                self._replay()
-            return
-        try:
-            self.writer.append(records)
-        except (SQLAlchemyError, OSError) as exc:
-            if self.settings.on_db_failure == "refuse":
-                raise AuditUnavailable("the audit log cannot be written; the call was refused") from exc
-            logger.warning("audit: database unavailable, spooling to %s: %s", self.spool.path, exc)
-            self._spooling = True
-            self._last_retry = time.monotonic()
-            self._to_spool(records)
-        self.written += len(records)
-
-    def _to_spool(self, records: list[dict[str, Any]]) -> None:
-        try:
-            self.spool.append(records)
-        except OSError as exc:
-            raise AuditUnavailable("the audit log cannot be written; the call was refused") from exc
-
-    def _replay(self, *, force: bool = False) -> bool:
-        """Move the spool into the chain, in order; True when it is empty afterwards."""
-        self._last_retry = time.monotonic()
-        records = self.spool.read()
-        try:
-            size = self.settings.batch_max
-            for index in range(0, len(records), size):
-                self.writer.append(records[index : index + size], dedupe=True)
-        except (SQLAlchemyError, OSError) as exc:
-            if force:
-                logger.warning("audit: %d records stay in the spool %s: %s", len(records), self.spool.path, exc)
-            return False
-        self.spool.clear()
-        if self._spooling:
-            logger.info("audit: database back, replayed %d spooled records", len(records))
-        self._spooling = False
-        return True
-
-    def _locked_replay(self) -> None:
-        with self._lock:
-            if self._spooling:
-                self._replay()
+    async def _watch_shipper(self) -> None:
+        assert self.shipper is not None
+        while True:
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(self.shipper.revive)
 
     async def _write_loop(self) -> None:
+        """Without a journal: commit what is queued, one transaction per batch; callers wait for it."""
         assert self._queue is not None
         queue = self._queue
         stop = False
         while not stop:
-            try:
-                timeout = self.settings.retry_seconds if self._spooling else None
-                item = await asyncio.wait_for(queue.get(), timeout)
-            except TimeoutError:
-                await asyncio.to_thread(self._locked_replay)
-                continue
-            batch: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+            item = await queue.get()
+            batch: list[tuple[dict[str, Any] | None, asyncio.Future[None]]] = []
             while True:
                 if item is _STOP:
                     stop = True
@@ -269,32 +252,37 @@ class AuditLog:
                 if stop or len(batch) >= self.settings.batch_max or queue.empty():
                     break
                 item = queue.get_nowait()
-            if not batch:
-                continue
-            records = [record for record, _ in batch]
+            if batch:
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[dict[str, Any] | None, asyncio.Future[None]]]) -> None:
+        records = [record for record, _ in batch if record is not None]
+        error: AuditUnavailable | None = None
+        if records:
             try:
                 await asyncio.to_thread(self.write_sync, records)
+            except AuditUnavailable as exc:
+                error = exc
             except Exception as exc:
-                error = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(f"audit write failed: {exc}")
-                if not isinstance(exc, AuditUnavailable):
-                    logger.exception("audit: write failed")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                        future.exception()  # an end record's future is not awaited: do not warn
+                logger.exception("audit: write failed")
+                error = AuditUnavailable(f"audit write failed: {exc}")
+        for record, future in batch:
+            if future.done():
+                continue
+            if error is not None and record is not None:
+                future.set_exception(error)
+                future.exception()  # an end record's future is not awaited: do not warn
             else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                future.set_result(None)
 
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.checkpoint_interval_seconds)
-            if self._spooling:
+            if self.spooling:
                 continue
             try:
                 await asyncio.to_thread(checkpoint, self.engine, self.keys)
-            except (SQLAlchemyError, OSError) as exc:
+            except _DB_ERRORS as exc:
                 logger.warning("audit: checkpoint failed: %s", exc)
 
     def checkpoint(self) -> dict[str, Any] | None:
@@ -339,7 +327,10 @@ class AuditLog:
     def on_auth_event(self, event: AuthEvent) -> None:
         """`AuthEvents` subscriber: queues the event's record (written at once outside the event loop)."""
         record = self.auth_record(event)
-        if self._queue is not None:
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._thread:
+            loop.call_soon_threadsafe(lambda: self.submit(record).add_done_callback(_log_failure))
+        elif loop is not None:
             self.submit(record).add_done_callback(_log_failure)
         else:
             try:
@@ -386,6 +377,19 @@ class AuditLog:
         }
         record.update(fields)
         return record
+
+
+def _in_memory(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite" and (engine.url.database or ":memory:") in ("", ":memory:")
+
+
+def _sqlite_synchronous(engine: Engine) -> str:
+    """The `synchronous` the portal's SQLite connections use, for the shipper's (`normal` elsewhere)."""
+    if engine.dialect.name != "sqlite":
+        return "normal"
+    with engine.connect() as connection:
+        value = connection.execute(text("PRAGMA synchronous")).scalar()
+    return "full" if value is not None and int(value) >= 2 else "normal"
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,14 +21,41 @@ from sqlalchemy import Text, cast, or_, select
 from sqlalchemy.engine import Engine
 
 from portal.audit.chain import RECORDS
+from portal.errors import BadRequest
 
-__all__ = ["CSV_FIELDS", "Filters", "Page", "export", "iso", "search", "show", "stats"]
+__all__ = ["CSV_FIELDS", "Filters", "Page", "export", "iso", "parse_time", "search", "show", "stats"]
 
 CSV_FIELDS = [column.name for column in RECORDS.columns]
 
 
 def iso(time_us: int) -> str:
     return datetime.fromtimestamp(time_us / 1_000_000, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+_RELATIVE = re.compile(r"(\d+)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, *, now: float | None = None) -> int:
+    """Unix microseconds of an ISO 8601 date or time (UTC unless it says otherwise), or of a span
+    before now (`30m`, `12h`, `7d`, `2w`). `BadRequest` otherwise."""
+    relative = _RELATIVE.fullmatch(text.strip())
+    if relative:
+        seconds = int(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
+        return int(((time.time() if now is None else now) - seconds) * 1_000_000)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(
+            f"not a date, time or span: {text!r} (use e.g. 2026-01-31, 2026-01-31T12:00:00Z or 7d)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1_000_000)
+
+
+FILTER_PARAMS = ("user", "client", "server", "tool", "decision", "outcome", "kind", "since", "until", "text")
+"""The filters by the names `portal audit search` options and the admin API's query parameters use."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +70,31 @@ class Filters:
     since_us: int | None = None
     until_us: int | None = None
     text: str | None = None
+
+    @classmethod
+    def from_params(cls, params: Any) -> Filters:
+        """Filters from a mapping with the keys of `FILTER_PARAMS` (times as `parse_time` reads them)."""
+
+        def text(name: str) -> str | None:
+            value = params.get(name)
+            return str(value) if value not in (None, "") else None
+
+        since, until = text("since"), text("until")
+        kind = text("kind")
+        if kind is not None and kind not in ("call", "auth", "admin"):
+            raise BadRequest("kind must be call, auth or admin")
+        return cls(
+            principal=text("user"),
+            client_id=text("client"),
+            server=text("server"),
+            tool=text("tool"),
+            decision=text("decision"),
+            outcome=text("outcome"),
+            kind=kind,
+            since_us=parse_time(since) if since else None,
+            until_us=parse_time(until) if until else None,
+            text=text("text"),
+        )
 
     def apply(self, query: Any) -> Any:
         c = RECORDS.c
@@ -99,6 +153,8 @@ def search(engine: Engine, filters: Filters = Filters(), *, cursor: str | None =
     """Records matching `filters`, newest first, `limit` at a time."""
     query = filters.apply(select(RECORDS))
     if cursor:
+        if not cursor.isdigit():
+            raise BadRequest("not a cursor this search returned")
         query = query.where(RECORDS.c.seq < int(cursor))
     query = query.order_by(RECORDS.c.seq.desc()).limit(limit + 1)
     with engine.connect() as connection:

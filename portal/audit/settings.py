@@ -19,16 +19,27 @@ class AuditSettings:
 
     enabled: bool = True
     on_db_failure: OnFailure = "spool"
-    """When the database cannot be written: `spool` keeps records in `spool_path` (fsynced JSONL, replayed in
-    order when the database returns); `refuse` refuses the calls instead. A call is never forwarded unrecorded."""
+    """`spool`: every record is first appended to a local write-ahead journal (`spool_path`), which is its
+    durability point; the database gets it group-committed in the background, and while the database is away
+    the journal keeps everything and is replayed in order when it returns. `refuse`: no journal; a call waits
+    for its record's commit and is refused when the database cannot take it. Never is a call forwarded
+    unrecorded."""
     spool_path: str = "audit-spool.jsonl"
-    """The write-ahead spool file, relative to the directory of `portal.toml`."""
+    """Base name of the journal's segments (`audit-spool.000001.jsonl`, ...), relative to the directory of
+    `portal.toml`. One per process: give each replica on a machine its own."""
+    fsync: bool = False
+    """fsync the journal before a call goes on (one fsync serves every call waiting at that moment). Off, a
+    record survives a crash of the portal; on, also a power loss or an OS crash."""
     record_results: bool = False
     """Keep result bodies (redacted); off by default, when only their size and SHA-256 are kept."""
     checkpoint_interval_seconds: float = 60.0
     """How often the chain head is signed (and always at shutdown)."""
     batch_max: int = 512
     """Most records written in one transaction (group commit)."""
+    flush_seconds: float = 0.05
+    """With the journal (`on_db_failure = "spool"`), how long the writer gathers records before a
+    transaction: records reach the database (and searches) this much later, and a busy portal
+    writes a few large transactions a second instead of hundreds of small ones."""
     retry_seconds: float = 1.0
     """How often a spooling writer tries the database again."""
     max_argument_chars: int = 65_536

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["AuditGate", "AuditStage", "call_record"]
 
 _CALL = "_audit_call"
+CODEMODE_VIEW = "codemode_view"
+"""`portal.gateway.codemode.CODEMODE_VIEW` (not imported: the gateway depends on this package, not the reverse)."""
 DENIAL_CODES = frozenset({"forbidden", "denied", "policy_denied", "access_denied", "insufficient_scope"})
 
 
@@ -155,6 +157,10 @@ class AuditStage:
         self.split = split
 
     async def __call__(self, request: McpRequest, call_next: Handler) -> dict[str, Any]:
+        if request.state.get(CODEMODE_VIEW):
+            # The listing the portal makes to build a caller's SDK: the `search`/`execute` call that
+            # needed it is the record; recording it too would log a request no client made.
+            return await call_next(request)
         call = _Call(self.log, request)
         request.state[_CALL] = call
         if not self.split:
@@ -180,6 +186,8 @@ class AuditGate:
         self.log = log
 
     async def __call__(self, request: McpRequest, call_next: Handler) -> dict[str, Any]:
+        if request.state.get(CODEMODE_VIEW):
+            return await call_next(request)
         call = request.state.get(_CALL)
         if call is None:
             call = _Call(self.log, request)

@@ -9,6 +9,7 @@ pipeline on the aggregated view.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -102,7 +103,12 @@ class Forwarder:
                 await notify(method, note_params)
 
         params = _upstream_params(request, target.params)
-        result = await upstream.request(request.method, params, on_notification=relay)
+        started = time.perf_counter()
+        try:
+            result = await upstream.request(request.method, params, on_notification=relay)
+        finally:
+            # What the audit record keeps beside the call's whole latency (SPEC: upstream latency).
+            request.state["upstream_latency"] = time.perf_counter() - started
         if result.get("resultType") == "input_required" and not request.modern:
             raise input_required_for_legacy(target.server)
         return result

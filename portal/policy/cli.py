@@ -150,6 +150,13 @@ def _approvals_list(args: argparse.Namespace) -> int:
 
 
 def _approvals_decide(args: argparse.Namespace) -> int:
-    row = _store(args).decide(args.id, args.approve)
+    from portal.cli import load_config, record_admin
+
+    store = _store(args)
+    row = store.decide(args.id, args.approve)
+    details = {"subject": row.subject, "action": row.action, "status": row.status}
+    record_admin(
+        load_config(args), store.engine, "approvals.approve" if args.approve else "approvals.deny", row.id, details
+    )
     print(f"{row.status} {row.id} ({row.subject} {row.action})")
     return 0

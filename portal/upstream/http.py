@@ -33,6 +33,9 @@ from portal.upstream.base import UpstreamInfo
 
 __all__ = ["HttpConnector", "InputSchemaLookup"]
 
+KEEPALIVE_SECONDS = 4.0
+"""How long an idle connection to an upstream is kept for reuse."""
+
 logger = logging.getLogger("portal.upstream.http")
 
 _ACCEPT: Final = "application/json, text/event-stream"
@@ -102,7 +105,9 @@ class HttpConnector(RpcConnector):
         self._routing.clear()
         if self._owns_http and (self._http is None or self._http.closed):
             self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
+                # Idle pooled connections are dropped before the 5 s keep-alive of uvicorn and Node
+                # servers runs out, so that a call is not written onto one the server is closing.
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
                 read_bufsize=1 << 18,
                 cookie_jar=aiohttp.DummyCookieJar(),

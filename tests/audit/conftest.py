@@ -23,13 +23,12 @@ MASTER = MasterKey(bytes(range(32)))
 
 
 def postgres_engine(url: str, schema: str, *, port: int | None = None) -> Engine:
-    target = engine_url(url)
+    # Everything in the URL, none in connect_args: the audit shipper gets the URL alone.
+    parts = sqlalchemy.make_url(engine_url(url))
     if port is not None:
-        parts = sqlalchemy.make_url(target)
-        target = parts.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
-    return sqlalchemy.create_engine(
-        target, pool_pre_ping=True, connect_args={"options": f"-csearch_path={schema}", "connect_timeout": 2}
-    )
+        parts = parts.set(host="127.0.0.1", port=port)
+    parts = parts.update_query_dict({"options": f"-csearch_path={schema}", "connect_timeout": "2"})
+    return sqlalchemy.create_engine(parts.render_as_string(hide_password=False), pool_pre_ping=True)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -67,3 +67,34 @@ def test_audit_commands(config: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert json.loads(capsys.readouterr().out)["kind"] == "changed"
     assert main(["audit", "prune", *c]) == 2  # --before is required
     engine.dispose()
+
+
+def test_every_change_made_from_the_command_line_is_an_admin_event(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config.write_text(config.read_text() + '\n[auth.grants]\nalice = ["tools:*"]\n')
+    c = ["--config", str(config)]
+    assert main(["servers", "add", "notes", "--url", "https://notes.example/mcp", *c]) == 0
+    assert main(["servers", "disable", "notes", *c]) == 0
+    assert main(["users", "add", "alice", "--no-password", *c]) == 0
+    assert main(["tokens", "mint", "--user", "alice", "--scope", "tools:*", *c]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["users", "block", "alice", *c]) == 0
+    assert main(["keys", "rotate", *c]) == 0
+    assert main(["servers", "remove", "notes", *c]) == 0
+    capsys.readouterr()
+    assert main(["audit", "search", "--kind", "admin", "--json", *c]) == 0
+    records = json.loads(capsys.readouterr().out)["records"][::-1]
+    assert [r["method"] for r in records] == [
+        "servers.add",
+        "servers.disable",
+        "users.add",
+        "tokens.mint",
+        "users.block",
+        "keys.rotate",
+        "servers.remove",
+    ]
+    assert all(r["principal"].startswith("cli:") and r["outcome"] == "ok" for r in records)
+    assert records[3]["tool"] == "alice" and records[3]["details"]["details"]["scope"] == "tools:*"
+    assert token not in json.dumps(records)  # the minted token itself is never recorded
+    assert main(["audit", "verify", *c]) == 0
