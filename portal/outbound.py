@@ -3,13 +3,16 @@
 Used for Client ID Metadata Documents, whose URL is the client id any caller sends.
 Every hop is checked the same way:
 
-1. the scheme is `https` (plain `http` only to a loopback address, and only when the
-   caller allows loopback, for development); no user info in the URL;
-2. the host is resolved, and every address it resolves to must be a public unicast
-   address: private, loopback, link-local, shared (CGNAT), reserved, multicast and
-   unspecified ranges are refused, IPv4-mapped and NAT64 IPv6 addresses are judged by
-   the IPv4 address inside, and odd spellings (`2130706433`, `0x7f.1`) are judged by
-   what they resolve to;
+1. the URL is parsed once, by the parser the HTTP client uses (yarl), so that the host
+   checked is the host connected to; the scheme is `https` (plain `http` only to a
+   loopback address, and only when the caller allows loopback, for development); no user
+   info in the URL; `localhost` and `*.localhost` (RFC 6761) only when loopback is allowed;
+2. a host that spells an IPv4 address in any form the C library accepts (`2130706433`,
+   `0x7f.1`, `0177.0.0.1`) or an IPv6 address is judged as that address, without asking a
+   resolver; any other host is resolved, and every address it resolves to must be a public
+   unicast address: private, loopback, link-local, shared (CGNAT), reserved, multicast and
+   unspecified ranges are refused, and IPv4-mapped, 6to4 and NAT64 IPv6 addresses are judged
+   by the IPv4 address inside too;
 3. the connection goes to exactly the checked addresses (a resolver pinned to them),
    so a DNS answer that changes between check and connect (rebinding) changes nothing;
 4. redirects are not followed by the HTTP client but here, each target checked again,
@@ -22,17 +25,27 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from portal.errors import PortalError
 
-__all__ = ["OutboundFailed", "OutboundRefused", "Resolver", "check_address", "fetch_json"]
+__all__ = [
+    "OutboundFailed",
+    "OutboundRefused",
+    "Resolver",
+    "check_address",
+    "check_url",
+    "fetch_json",
+    "literal_address",
+]
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 """`(host, port) -> addresses`; tests pass one so that nothing touches the network."""
@@ -40,6 +53,22 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_DENIED = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        # Not global, whatever the Python version's `is_global` says (3.11 misses some of them).
+        "192.0.0.0/24",  # IETF protocol assignments
+        "198.18.0.0/15",  # benchmarking
+        "fec0::/10",  # site-local (deprecated, still routed inside some networks)
+        "64:ff9b:1::/48",  # local-use NAT64
+        "100::/64",  # discard-only
+        "2001::/23",  # IETF protocol assignments, Teredo
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
+        "5f00::/16",  # SRv6 SIDs
+    )
+)
+_IPV4_PART = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
 _REDIRECTS = {301, 302, 303, 307, 308}
 
 
@@ -87,9 +116,53 @@ def check_address(text: str, *, allow_loopback: bool) -> IPAddress:
             or candidate.is_reserved
             or candidate.is_unspecified
             or not candidate.is_global
+            or any(candidate in network for network in _DENIED)
         ):
             raise OutboundRefused("the URL resolves to a private or reserved address")
     return address
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The address `host` spells, if it spells one: IPv6, or IPv4 in any form `inet_aton` takes
+    (one to four parts, each decimal, octal with a leading 0 or hex with 0x; the last part fills
+    the remaining bytes), with or without a trailing dot. None for a name."""
+    text = host.strip("[]")
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        pass
+    parts = text[:-1].split(".") if text.endswith(".") else text.split(".")
+    if not 1 <= len(parts) <= 4 or not all(p.isascii() and _IPV4_PART.fullmatch(p) for p in parts):
+        return None
+    values = [int(p[2:] or "0", 16) if p[:2].lower() == "0x" else int(p, 8) if p[0] == "0" else int(p) for p in parts]
+    *leading, last = values
+    if any(v > 255 for v in leading) or last >= 256 ** (4 - len(leading)):
+        return None
+    number = last
+    for index, value in enumerate(leading):
+        number += value << (8 * (3 - index))
+    return ipaddress.IPv4Address(number)
+
+
+def check_url(url: str, *, allow_loopback: bool) -> tuple[URL, str, int]:
+    """The URL as the HTTP client will read it, its host and port, if the rules before resolving
+    allow it (scheme, user info, host names that are always loopback); `OutboundRefused` otherwise."""
+    try:
+        parsed = URL(url)
+        port = parsed.port
+    except (ValueError, TypeError):
+        raise OutboundRefused("not a valid URL") from None
+    if parsed.scheme not in ("https", "http"):
+        raise OutboundRefused("only https URLs are fetched")
+    if parsed.raw_user is not None or parsed.raw_password is not None:
+        raise OutboundRefused("URLs with user info are not fetched")
+    host = parsed.raw_host
+    if not host or port is None:
+        raise OutboundRefused("the URL has no host")
+    name = host.lower().rstrip(".")
+    if not allow_loopback and (name == "localhost" or name.endswith(".localhost")):
+        raise OutboundRefused("the URL names a loopback host")
+    return parsed, host, port
 
 
 async def _system_resolver(host: str, port: int) -> list[str]:
@@ -125,29 +198,22 @@ class _PinnedResolver(AbstractResolver):
         return None
 
 
-async def _checked_target(url: str, *, allow_loopback: bool, resolver: Resolver) -> tuple[str, list[str]]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http"):
-        raise OutboundRefused("only https URLs are fetched")
-    if parts.username is not None or parts.password is not None:
-        raise OutboundRefused("URLs with user info are not fetched")
-    host = parts.hostname
-    if not host:
-        raise OutboundRefused("the URL has no host")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise OutboundRefused("the URL has an invalid port") from None
-    try:
-        addresses = await resolver(host, port)
-    except OSError:
-        raise OutboundFailed(f"cannot resolve {host}") from None
-    if not addresses:
-        raise OutboundFailed(f"cannot resolve {host}")
+async def _checked_target(url: str, *, allow_loopback: bool, resolver: Resolver) -> tuple[URL, str, list[str]]:
+    parsed, host, port = check_url(url, allow_loopback=allow_loopback)
+    literal = literal_address(host)
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
+        try:
+            addresses = await resolver(host, port)
+        except OSError:
+            raise OutboundFailed(f"cannot resolve {host}") from None
+        if not addresses:
+            raise OutboundFailed(f"cannot resolve {host}")
     checked = [check_address(a, allow_loopback=allow_loopback) for a in addresses]
-    if parts.scheme == "http" and not (allow_loopback and all(_embedded_ipv4(a).is_loopback for a in checked)):
+    if parsed.scheme == "http" and not (allow_loopback and all(_embedded_ipv4(a).is_loopback for a in checked)):
         raise OutboundRefused("only https URLs are fetched")
-    return host, [str(a) for a in checked]
+    return parsed, host, [str(a) for a in checked]
 
 
 async def fetch_json(
@@ -164,8 +230,8 @@ async def fetch_json(
     try:
         async with asyncio.timeout(timeout):
             for _hop in range(max_redirects + 1):
-                host, addresses = await _checked_target(url, allow_loopback=allow_loopback, resolver=resolve)
-                status, location, body = await _get(url, host, addresses, max_bytes)
+                target, host, addresses = await _checked_target(url, allow_loopback=allow_loopback, resolver=resolve)
+                status, location, body = await _get(target, host, addresses, max_bytes)
                 if status in _REDIRECTS:
                     if not location:
                         raise OutboundFailed(f"redirect without a Location from {host}")
@@ -182,7 +248,7 @@ async def fetch_json(
         raise OutboundFailed(f"no answer within {timeout:g} s") from None
 
 
-async def _get(url: str, host: str, addresses: list[str], max_bytes: int) -> tuple[int, str | None, bytes]:
+async def _get(url: URL, host: str, addresses: list[str], max_bytes: int) -> tuple[int, str | None, bytes]:
     connector = aiohttp.TCPConnector(resolver=_PinnedResolver(host, addresses), use_dns_cache=False, limit=1)
     try:
         async with (

@@ -103,6 +103,14 @@ class AuthSettings:
     allow_loopback_http: bool = False
     """Development only: accept `http://` loopback URLs as client ids (metadata documents) and
     fetch them from loopback addresses. Loopback redirect URIs (RFC 8252) are always allowed."""
+    login_attempts_per_minute: int = 10
+    """Login form posts allowed per user name and client IP, a minute (a burst of this many, then
+    evenly spread); more get HTTP 429 with `Retry-After`. 0 turns the limit off."""
+    login_attempts_per_minute_per_ip: int = 30
+    """Login form posts allowed per client IP a minute, whatever the user names (password spraying)."""
+    token_requests_per_minute: int = 60
+    """Requests allowed per client IP a minute on `/oauth/token`, and as many again on `/oauth/register`;
+    more get HTTP 429, `Retry-After` and the OAuth error `slow_down`. 0 turns the limit off."""
     providers: tuple[OidcProvider, ...] = ()
     """`[[auth.providers]]`: OpenID Connect identity providers."""
     clients: tuple[ConfidentialClient, ...] = ()
@@ -129,6 +137,9 @@ _SCALARS: dict[str, type] = {
     "local_users": bool,
     "registration": bool,
     "allow_loopback_http": bool,
+    "login_attempts_per_minute": int,
+    "login_attempts_per_minute_per_ip": int,
+    "token_requests_per_minute": int,
 }
 _TABLES = {"providers", "clients", "grants", "group_grants"}
 
@@ -229,6 +240,9 @@ def parse_auth_settings(section: Mapping[str, Any], env: Mapping[str, str]) -> A
     for key in ("access_token_ttl", "refresh_token_ttl", "max_minted_ttl", "authorization_code_ttl", "session_ttl"):
         if key in values and values[key] <= 0:
             raise ConfigError(f"[auth] {key} must be positive")
+    for key in ("login_attempts_per_minute", "login_attempts_per_minute_per_ip", "token_requests_per_minute"):
+        if key in values and values[key] < 0:
+            raise ConfigError(f"[auth] {key} must be 0 (no limit) or positive")
     if "master_key" in values:
         _reference("[auth] master_key", values["master_key"])
     providers = tuple(_provider(p) for p in section.get("providers", []))

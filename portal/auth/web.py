@@ -31,6 +31,7 @@ from portal.auth.adapter import FormRequest, JsonBodyRequest, Reply, read_form, 
 from portal.auth.capabilities import IGNORED_SCOPES, intersect
 from portal.auth.context import AuthContext
 from portal.auth.pages import ConsentView, LoginView, consent_page, error_page, login_page
+from portal.auth.ratelimit import RateLimiter
 from portal.auth.scopes import parse_scope
 from portal.auth.server import PortalAuthorizationServer, metadata
 from portal.auth.sessions import Sessions
@@ -51,6 +52,10 @@ def safe_next(value: str | None) -> str | None:
     return None
 
 
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
 def _first(pairs: Sequence[tuple[str, str]], name: str) -> str | None:
     return next((value for key, value in pairs if key == name), None)
 
@@ -63,6 +68,12 @@ class AuthWeb:
         self.server = server
         self.sessions = sessions
         self.provider_links: Callable[[str], list[tuple[str, str, str]]] = lambda next_url: []
+        # Rate limits (in memory, per process): see portal.auth.ratelimit and the [auth] settings.
+        auth = ctx.auth
+        self.login_limit = RateLimiter(auth.login_attempts_per_minute)
+        self.login_ip_limit = RateLimiter(auth.login_attempts_per_minute_per_ip)
+        self.token_limit = RateLimiter(auth.token_requests_per_minute)
+        self.register_limit = RateLimiter(auth.token_requests_per_minute)
 
     def _uri(self, path: str) -> str:
         return self.ctx.issuer + path
@@ -79,6 +90,8 @@ class AuthWeb:
     # Token-side endpoints (JSON in, JSON out)
 
     async def token(self, request: Request) -> Response:
+        if (refused := self._throttled(self.token_limit, request)) is not None:
+            return refused
         return await self._json_endpoint(request, lambda oreq: self.server.create_token_response(oreq))
 
     async def revoke(self, request: Request) -> Response:
@@ -90,6 +103,8 @@ class AuthWeb:
         )
 
     async def register(self, request: Request) -> Response:
+        if (refused := self._throttled(self.register_limit, request)) is not None:
+            return refused
         try:
             self._no_query(request)
             data = await read_json(request)
@@ -123,6 +138,23 @@ class AuthWeb:
         # RFC 6749 §5.1: responses carrying tokens or credentials are never cached.
         response.headers.update(_NO_STORE)
         return response
+
+    @staticmethod
+    def _throttled(limit: RateLimiter, request: Request) -> Response | None:
+        """HTTP 429 if the client's IP has used up its requests of `limit`; None otherwise.
+
+        The error code is `slow_down`: the one code registered for the token endpoint (IANA OAuth
+        Extensions Error registry, RFC 8628 §3.5) that means "you are asking too often", and one no
+        client takes as a reason to drop its credentials (`invalid_client`, `invalid_grant` would
+        be). Status 429 and `Retry-After` (RFC 6585 §4) say for how long.
+        """
+        wait = limit.take(_client_ip(request))
+        if not wait:
+            return None
+        retry = RateLimiter.retry_after(wait)
+        logger.info("throttled %s from %s for %s s", request.url.path, _client_ip(request), retry)
+        body = {"error": "slow_down", "error_description": f"Too many requests; retry in {retry} seconds."}
+        return JSONResponse(body, status_code=429, headers={"Retry-After": retry, **_NO_STORE})
 
     @staticmethod
     def _no_query(request: Request) -> None:
@@ -274,6 +306,21 @@ class AuthWeb:
         if not self.ctx.auth.local_users:
             return self._login_form(request, next_url, error="Local users are disabled here.", status=400)
         username = form.get("username", "")
+        ip = _client_ip(request)
+        wait = max(self.login_ip_limit.take(ip), self.login_limit.take((username.casefold(), ip)))
+        if wait:
+            retry = RateLimiter.retry_after(wait)
+            # The name stays out of the log: it may be a password typed into the wrong field.
+            logger.warning("login attempts throttled from %s for %s s", ip, retry)
+            response = self._login_form(
+                request,
+                next_url,
+                error=f"Too many login attempts. Wait {retry} seconds, then try again.",
+                username=username,
+                status=429,
+            )
+            response.headers["Retry-After"] = retry
+            return response
         user = await asyncio.to_thread(self.ctx.users.authenticate, username, form.get("password", ""))
         if user is None:
             # Name the user only if there is one: a password typed into the name field stays out of the log.
