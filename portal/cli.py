@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from portal.db import create_engine, init_db
 from portal.demo import companions_for, ensure_demo_user, prepare_demo
 from portal.errors import PortalError
+from portal.pinning import PinStore
 from portal.registry import Registry
 from portal.settings import PROTOCOL_CHOICES, ServerConfig, Settings, load_settings
 
@@ -243,7 +244,7 @@ def _demo_command(args: argparse.Namespace) -> int:
 
 
 def add_servers_commands(commands: Commands) -> None:
-    """`portal servers list|add|remove|enable|disable`."""
+    """`portal servers list|add|remove|enable|disable|sync|diff|approve`."""
     group = commands.add_parser(
         "servers",
         help="list and change the registered MCP servers",
@@ -294,6 +295,11 @@ def add_servers_commands(commands: Commands) -> None:
     add.add_argument("--allow", action="append", default=[], metavar="TOOL", help="expose only these tools")
     add.add_argument("--deny", action="append", default=[], metavar="TOOL", help="never expose these tools")
     add.add_argument("--disabled", action="store_true", help="register it disabled")
+    add.add_argument(
+        "--trust-new-tools",
+        action="store_true",
+        help="offer tools it adds after its first sync without approval (changed tools are still held)",
+    )
     add.set_defaults(handler=_servers_add, parser=add)
 
     for name, handler, text in (
@@ -304,6 +310,11 @@ def add_servers_commands(commands: Commands) -> None:
         command = servers.add_parser(name, parents=[data], help=text, description=text[0].upper() + text[1:] + ".")
         command.add_argument("name", metavar="NAME")
         command.set_defaults(handler=handler)
+
+    # Tool pinning (issue 7), in its own module.
+    from portal.cli_pins import add_pin_commands
+
+    add_pin_commands(servers, data)
 
 
 def _target(server: ServerConfig) -> str:
@@ -319,6 +330,7 @@ def _servers_list(args: argparse.Namespace) -> int:
     in_config = {server.name for server in settings.servers}
     with open_registry(settings) as registry:
         servers, health = registry.servers(), registry.health()
+        pins = PinStore(registry.engine).counts()
     if args.json:
         records = []
         for server in servers:
@@ -326,7 +338,12 @@ def _servers_list(args: argparse.Namespace) -> int:
             source = "config" if server.name in in_config else "runtime"
             records.append(
                 server.to_mapping()
-                | {"kind": server.kind, "source": source, "health": row.to_mapping() if row else None}
+                | {
+                    "kind": server.kind,
+                    "source": source,
+                    "health": row.to_mapping() if row else None,
+                    "tools": pins.get(server.name),
+                }
             )
         _print_json(records)
         return 0
@@ -346,11 +363,20 @@ def _servers_list(args: argparse.Namespace) -> int:
                 "yes" if server.enabled else "no",
                 row.state if row else "-",
                 (row.protocol_version or "-") if row else "-",
+                _held(pins.get(server.name)),
                 error if len(error) <= 60 else error[:59] + "…",
             ]
         )
-    _print_table(["NAME", "KIND", "SOURCE", "TARGET", "ENABLED", "HEALTH", "PROTOCOL", "LAST ERROR"], rows)
+    _print_table(["NAME", "KIND", "SOURCE", "TARGET", "ENABLED", "HEALTH", "PROTOCOL", "HELD", "LAST ERROR"], rows)
     return 0
+
+
+def _held(counts: Mapping[str, int] | None) -> str:
+    """Tools awaiting review (`portal servers diff`), with how many of them the scan flagged."""
+    if not counts:
+        return "-"
+    held = counts["quarantined"] + counts["pending"]
+    return f"{held} ({counts['flagged']} flagged)" if counts["flagged"] else str(held)
 
 
 def _servers_add(args: argparse.Namespace) -> int:
@@ -377,6 +403,7 @@ def _servers_add(args: argparse.Namespace) -> int:
         tools_allow=tuple(args.allow),
         tools_deny=tuple(args.deny),
         protocol=args.protocol,
+        trust_new_tools=args.trust_new_tools,
     )
     settings = load_config(args)
     with open_registry(settings) as registry:
@@ -393,6 +420,8 @@ def _servers_remove(args: argparse.Namespace) -> int:
     settings = load_config(args)
     with open_registry(settings) as registry:
         registry.remove(args.name)
+        # Another server added later under this name starts with a first sync, not with these pins.
+        PinStore(registry.engine).forget(args.name)
         record_admin(settings, registry.engine, "servers.remove", args.name)
     print(f"removed server '{args.name}'")
     return 0

@@ -47,6 +47,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "portal.auth.tables",
     "portal.audit.tables",
     "portal.policy.obligations",
+    "portal.pinning",
 )
 """Modules defining SQLModel tables; a module that adds tables is listed here."""
 

@@ -75,6 +75,7 @@ class RuntimeServerRow(SQLModel, table=True):
     tools_allow: list[str] = Field(default_factory=list, sa_type=JSON)
     tools_deny: list[str] = Field(default_factory=list, sa_type=JSON)
     protocol: str = "auto"
+    trust_new_tools: bool = False
     created_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))
 
 

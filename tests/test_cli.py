@@ -161,9 +161,11 @@ def test_add_stores_every_option(config: Path, capsys: pytest.CaptureFixture[str
         "tools_allow": ["read", "list"],
         "tools_deny": ["list"],
         "protocol": "2026-07-28",
+        "trust_new_tools": False,
         "kind": "stdio",
         "source": "runtime",
         "health": None,
+        "tools": None,
     }
 
 

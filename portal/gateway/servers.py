@@ -15,8 +15,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from portal.catalog import KINDS, Catalog, fetch_server_catalog
-from portal.errors import UpstreamError
+from portal.catalog import KINDS, Catalog, ServerCatalog, fetch_server_catalog
+from portal.errors import UnknownServer, UpstreamError
+from portal.pinning import PinStore
 from portal.settings import ServerConfig
 from portal.upstream.supervisor import Upstream
 
@@ -37,8 +38,21 @@ _KIND_OF = {"tools": "tools", "resources": "resources", "resourceTemplates": "re
 class ServerSet:
     """Every configured server, running, with its catalog."""
 
-    def __init__(self, *, base_dir: str = ".", ping_interval: float = 15.0) -> None:
+    def __init__(
+        self,
+        *,
+        base_dir: str = ".",
+        ping_interval: float = 15.0,
+        pins: PinStore | None = None,
+        pins_poll_seconds: float = 2.0,
+    ) -> None:
         self.catalog = Catalog()
+        self.pins = pins
+        """Tool pins (issue 7): when set, only pinned, unchanged tools reach the catalog."""
+        self._pins_poll = pins_poll_seconds
+        self._pin_revisions: dict[str, int] = {}
+        self._pins_failed: set[str] = set()
+        self._pins_watch: asyncio.Task[None] | None = None
         self.upstreams: dict[str, Upstream] = {}
         self._base_dir = base_dir
         self._ping_interval = ping_interval
@@ -52,6 +66,13 @@ class ServerSet:
     def get(self, name: str) -> Upstream | None:
         return self.upstreams.get(name)
 
+    def ensure_available(self, name: str) -> None:
+        """Raise the error a call to server `name` would get now (unknown, disabled, down); None if up."""
+        upstream = self.get(name)
+        if upstream is None:
+            raise UnknownServer(f"Unknown server: {name}", server=name)
+        upstream.ensure_available()
+
     def visible(self) -> list[str]:
         """Names of the servers whose tools are offered right now (enabled, up and listed)."""
         return [
@@ -63,6 +84,8 @@ class ServerSet:
     async def apply(self, configs: Iterable[ServerConfig]) -> None:
         """Bring the running set in line with `configs`; unchanged servers keep their sessions."""
         wanted = {config.name: config for config in configs}
+        if self.pins is not None and self._pins_watch is None:
+            self._pins_watch = asyncio.create_task(self._watch_pins(), name="pins-watch")
         for name in [n for n in self.upstreams if n not in wanted]:
             await self._remove(name)
         for name, config in wanted.items():
@@ -88,6 +111,11 @@ class ServerSet:
             await self._emit(name, KINDS)
 
     async def close(self) -> None:
+        watch, self._pins_watch = self._pins_watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         for task in self._refreshing.values():
             task.cancel()
         await asyncio.gather(*(u.stop() for u in self.upstreams.values()), return_exceptions=True)
@@ -140,6 +168,10 @@ class ServerSet:
                 continue
             if self.upstreams.get(upstream.name) is not upstream:
                 return  # removed or replaced while we were listing
+            if self.pins is not None:
+                fresh = await self._pinned(upstream, fresh)
+                if self.upstreams.get(upstream.name) is not upstream:
+                    return
             old = self.catalog.get(upstream.name)
             self.catalog.replace(fresh)
             changed = {_KIND_OF[kind] for kind in KINDS if old is None or old.items[kind] != fresh.items[kind]}
@@ -147,6 +179,60 @@ class ServerSet:
                 await self._emit(upstream.name, changed)
             if upstream.name not in self._refresh_again:
                 return
+
+    async def _pinned(self, upstream: Upstream, fresh: ServerCatalog) -> ServerCatalog:
+        """`fresh` with only the tools its pins let through (issue 7: quarantined and pending tools
+        are neither listed nor callable; the router answers a call to a tool missing from the
+        catalog as it answers one to an unknown tool, so a held tool is not even revealed)."""
+        assert self.pins is not None
+        name = upstream.name
+        try:
+            result = await asyncio.to_thread(
+                self.pins.reconcile, name, fresh.items["tools"], trust_new_tools=upstream.config.trust_new_tools
+            )
+        except Exception:
+            # Fail closed: without the pins, no tool of the server is known to be unchanged. The
+            # pins watcher tries again while the database is away.
+            logger.warning("could not check the tool pins of server %s; its tools are hidden", name, exc_info=True)
+            self._pins_failed.add(name)
+            visible: frozenset[str] = frozenset()
+        else:
+            self._pins_failed.discard(name)
+            self._pin_revisions[name] = result.revision
+            visible = result.visible
+            for change in result.changes:
+                if change.state != "pinned":
+                    logger.warning(
+                        "server %s: tool %s is %s until approved (portal servers diff %s)%s",
+                        name,
+                        change.tool,
+                        change.state,
+                        name,
+                        "; flagged: " + "; ".join(str(flag) for flag in change.flags) if change.flags else "",
+                    )
+        items = dict(fresh.items)
+        items["tools"] = [tool for tool in fresh.items["tools"] if tool["name"] in visible]
+        return ServerCatalog(fresh.server, items)
+
+    async def _watch_pins(self) -> None:
+        """Re-list a server soon after its pins change elsewhere: an approval from the CLI, or a
+        change another replica recorded (each server's pin revision is one small query)."""
+        assert self.pins is not None
+        while True:
+            await asyncio.sleep(self._pins_poll)
+            try:
+                revisions = await asyncio.to_thread(self.pins.revisions)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("tool pins poll failed", exc_info=True)
+                continue
+            for name, upstream in list(self.upstreams.items()):
+                known = self._pin_revisions.get(name)
+                stale = known is not None and revisions.get(name, 0) != known
+                if (stale or name in self._pins_failed) and upstream.info is not None:
+                    self._pin_revisions[name] = revisions.get(name, 0)  # once per change, however long the refresh
+                    self._schedule_refresh(upstream)
 
     async def _emit(self, server: str | None, kinds: Iterable[str]) -> None:
         for kind in sorted({_KIND_OF.get(k, k) for k in kinds}):

@@ -228,6 +228,13 @@ class Upstream:
             except Exception:
                 logger.exception("change handler for server %s failed", self.name)
 
+    def ensure_available(self) -> None:
+        """Raise `UpstreamUnavailable`, with the last cause, unless the server is up."""
+        if not self.config.enabled:
+            raise UpstreamUnavailable(self.name, "is disabled")
+        if self._connector is None or self.health.state != "up":
+            raise UpstreamUnavailable(self.name, f"is unavailable: {self.health.last_error or 'starting'}")
+
     async def request(
         self,
         method: str,
@@ -236,11 +243,9 @@ class Upstream:
         on_notification: NotificationHandler | None = None,
     ) -> dict[str, Any]:
         """Send one request; fails fast with the last cause when the server is down."""
+        self.ensure_available()
         connector = self._connector
-        if not self.config.enabled:
-            raise UpstreamUnavailable(self.name, "is disabled")
-        if connector is None or self.health.state != "up":
-            raise UpstreamUnavailable(self.name, f"is unavailable: {self.health.last_error or 'starting'}")
+        assert connector is not None
         timeout = self.config.timeout
         started = time.perf_counter()
         self._last_call = time.monotonic()

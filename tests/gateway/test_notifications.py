@@ -39,12 +39,13 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Porta
     try:
         web25 = await launch.upstream("web25")
         web26 = await launch.upstream("web26")
+        # These servers add tools at run time (`grow`), which the tests expect to see at once.
         yield await launch.portal(
-            ServerConfig(name="hosted", module="gateway_hosted"),
-            ServerConfig(name="web25", url=web25.url, protocol="2025-11-25"),
-            ServerConfig(name="web26", url=web26.url, protocol="2026-07-28"),
-            launch.stdio("pipe25", protocol="2025-11-25"),
-            launch.stdio("pipe26", protocol="2026-07-28"),
+            ServerConfig(name="hosted", module="gateway_hosted", trust_new_tools=True),
+            ServerConfig(name="web25", url=web25.url, protocol="2025-11-25", trust_new_tools=True),
+            ServerConfig(name="web26", url=web26.url, protocol="2026-07-28", trust_new_tools=True),
+            launch.stdio("pipe25", protocol="2025-11-25", trust_new_tools=True),
+            launch.stdio("pipe26", protocol="2026-07-28", trust_new_tools=True),
         )
     finally:
         await launch.aclose()
