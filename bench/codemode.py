@@ -166,6 +166,9 @@ def write_portal(folder: Path, size: int, port: int) -> tuple[Path, dict[str, st
         lines += ["[[servers]]", f'name = "{server}"', f'module = "{module}"', "timeout = 10", ""]
     config = folder / "portal.toml"
     config.write_text("\n".join(lines))
+    from portal.policy.testing import write_policies
+
+    write_policies(folder / "policies")  # every decision left to the token: Code Mode's cost is measured
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), str(ROOT), env.get("PYTHONPATH")) if p)
     env["BENCH_CODEMODE_CATALOG"] = str(folder / "catalog.json")

@@ -61,6 +61,8 @@ import aiohttp
 from _machine import machine
 from _process import running
 
+from portal.policy.testing import write_policies
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 ERAS = ("2026-07-28", "2025-11-25")
@@ -421,6 +423,8 @@ def _portal_config(folder: Path, port: int, upstream_url: str, era: str, *, audi
         f'url = "{upstream_url}"\n'
         f'protocol = "{era}"\n'
     )
+    # One policy permitting everything: every call is decided by Cedar, as in any real portal.
+    write_policies(folder / "policies")
     return config
 
 

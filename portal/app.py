@@ -39,8 +39,13 @@ from portal.gateway.routing import Router
 from portal.gateway.servers import ServerSet
 from portal.gateway.sessions import SessionCodec, Streams
 from portal.gateway.transport import McpTransport
+from portal.headers import mcp_send, secure_send
+from portal.inbound import PROBE_PATHS, InboundRules, send_http_refusal, send_mcp_refusal
 from portal.metrics import render_metrics
+from portal.pinning import PinStore
 from portal.pipeline import Endpoint, Pipeline, Stage
+from portal.policy.engine import PolicyEngine
+from portal.policy.stage import PolicyStage
 from portal.registry import HealthRow, Registry
 from portal.settings import Settings, resolve_secret
 
@@ -63,21 +68,27 @@ class Portal:
     codemode: CodeModeGateway
     audit: AuditLog | None
     """None when `[audit] enabled = false`."""
+    policy: PolicyStage
 
 
-def build_stages(settings: Settings, servers: ServerSet, audit: AuditLog | None = None) -> list[Stage]:
+def build_stages(
+    settings: Settings, servers: ServerSet, audit: AuditLog | None = None, policy: PolicyStage | None = None
+) -> list[Stage]:
     """The pipeline's stages before the forwarder, in order.
 
     The audit stage comes first, so that every request is recorded, even one for a tool that
     does not exist; the router next, so that every later stage sees which server and tool a
-    request is for; the audit gate last, so that a call's start record (durable before it is
-    forwarded) is written only for a call that will be, with the decision of every check before
-    it. A request refused on the way gets one record, with its outcome.
+    request is for; then the token's capabilities and the policies, whose intersection is what
+    passes; the audit gate last, so that a call's start record (durable before it is forwarded)
+    is written only for a call that will be, redacted as the deciding policies say. A request
+    refused on the way gets one record, with its outcome.
     """
     stages: list[Stage] = []
     if audit is not None:
         stages.append(audit.stage(split=True))
     stages += [Router(servers), CapabilityGuard(servers)]
+    if policy is not None:
+        stages.append(policy)
     if audit is not None:
         stages.append(audit.gate())
     return stages
@@ -87,10 +98,23 @@ def create_app(settings: Settings) -> Starlette:
     engine = create_engine(settings)
     registry = Registry(settings, engine)
     auth = AuthService(settings, engine)
-    servers = ServerSet(base_dir=settings.base_dir, ping_interval=settings.health_interval_seconds)
+    servers = ServerSet(
+        base_dir=settings.base_dir,
+        ping_interval=settings.health_interval_seconds,
+        # Tool pinning (issue 7): only pinned, unchanged tools are offered; approvals are polled.
+        pins=PinStore(engine),
+        pins_poll_seconds=settings.registry_poll_seconds,
+    )
     codemode = CodeModeGateway(servers)
     audit = AuditLog.from_settings(settings, engine) if settings.audit.enabled else None
-    pipeline = Pipeline(build_stages(settings, servers, audit), Forwarder(servers, codemode))
+    # A missing or broken policy folder stops the start here: with no policy set, nothing could be
+    # permitted, and a portal that silently denies everything is harder to diagnose than one that says why.
+    policies = PolicyEngine.from_settings(settings, servers.catalog)
+    policy = PolicyStage.from_settings(settings, policies, engine)
+    policy.availability = servers.ensure_available
+    if audit is not None:
+        policy.redact = audit.redactor.scrub
+    pipeline = Pipeline(build_stages(settings, servers, audit, policy), Forwarder(servers, codemode))
     codemode.bind(pipeline)
     streams = Streams()
     servers.subscribe(streams.list_changed)
@@ -118,7 +142,7 @@ def create_app(settings: Settings) -> Starlette:
         max_body_bytes=settings.max_body_bytes,
         max_json_depth=settings.max_json_depth,
     )
-    portal = Portal(settings, registry, auth, servers, pipeline, transport, streams, codemode, audit)
+    portal = Portal(settings, registry, auth, servers, pipeline, transport, streams, codemode, audit, policy)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -127,6 +151,8 @@ def create_app(settings: Settings) -> Starlette:
         if audit is not None:
             await audit.start()
             audit.subscribe(auth.events)
+        await asyncio.to_thread(policy.prepare)
+        await policy.start()
         await servers.apply(await asyncio.to_thread(registry.servers))
         await codemode.start()
         watcher = asyncio.create_task(_watch_registry(portal), name="registry-watch")
@@ -138,6 +164,7 @@ def create_app(settings: Settings) -> Starlette:
                 await watcher
             await servers.close()
             await codemode.stop()
+            await policy.close()
             if audit is not None:
                 await audit.close()
             await auth.close()
@@ -192,7 +219,7 @@ def create_app(settings: Settings) -> Starlette:
             Route(CODEMODE_ENDPOINT.path, code_mode, methods=["GET", "POST", "DELETE"]),
             Route("/.well-known/oauth-protected-resource/{path:path}", resource_metadata, methods=["GET", "OPTIONS"]),
             *auth.routes(),
-            *api_routes(ApiAccess(authenticate, settings.public_url), audit),
+            *api_routes(ApiAccess(authenticate, settings.public_url), audit, policy.approvals),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
@@ -201,6 +228,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.portal = portal
     app.mcp_aggregated, app.mcp_server, app.mcp_codemode = aggregated, per_server, code_mode
+    app.inbound = InboundRules(settings.public_url, settings.allowed_hosts, settings.allowed_origins)
     return app
 
 
@@ -211,24 +239,38 @@ class _PortalApp(Starlette):
     mcp_server: Any = None
     mcp_codemode: Any = None
 
+    inbound: InboundRules | None = None
+    """`Host`/`Origin` checks (DNS rebinding, `portal.inbound`), run before anything else."""
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.mcp_aggregated is not None:
             path = scope["path"]
+            endpoint = None
             if path == "/mcp":
-                scope["app"] = self
-                await self.mcp_aggregated(scope, receive, send)
-                return
-            if path.startswith("/servers/") and path.endswith("/mcp"):
+                endpoint = self.mcp_aggregated
+            elif path.startswith("/servers/") and path.endswith("/mcp"):
                 name = path[9:-4]
                 if name and "/" not in name:
-                    scope["app"] = self
                     scope["path_params"] = {"name": name}
-                    await self.mcp_server(scope, receive, send)
+                    endpoint = self.mcp_server
+            elif path == "/codemode/mcp":
+                endpoint = self.mcp_codemode
+            if endpoint is not None:
+                if self.inbound is not None and (refusal := self.inbound.refusal(scope, mcp=True)) is not None:
+                    await send_mcp_refusal(send, refusal)
                     return
-            if path == "/codemode/mcp":
                 scope["app"] = self
-                await self.mcp_codemode(scope, receive, send)
+                await endpoint(scope, receive, mcp_send(send))
                 return
+        if scope["type"] == "http":
+            if (
+                self.inbound is not None
+                and scope["path"] not in PROBE_PATHS
+                and (refusal := self.inbound.refusal(scope, mcp=False)) is not None
+            ):
+                await send_http_refusal(send, refusal)
+                return
+            send = secure_send(send)
         await super().__call__(scope, receive, send)
 
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from portal.audit.settings import AuditSettings
 from portal.auth.settings import AuthSettings, parse_auth_settings
 from portal.errors import ConfigError
+from portal.inbound import normalize_host, normalize_origin
 
 __all__ = [
     "PROTOCOL_CHOICES",
@@ -71,6 +72,10 @@ class ServerConfig:
     protocol: Protocol = "auto"
     """Protocol era towards this server: `auto` (probe 2026-07-28, fall back to the handshake),
     `2025-11-25` or `2026-07-28`."""
+    trust_new_tools: bool = False
+    """Offer tools the server adds after its first sync at once, instead of holding them until
+    `portal servers approve` (issue 7). Changed tools, and tools whose description the scan flags,
+    are held either way."""
 
     @property
     def kind(self) -> Literal["remote", "stdio", "hosted"]:
@@ -105,6 +110,8 @@ class ServerConfig:
             )
         if self.auth != "none":
             raise ConfigError(f"server '{self.name}': auth {self.auth!r} is not supported", server=self.name)
+        if not isinstance(self.trust_new_tools, bool):
+            raise ConfigError(f"server '{self.name}': trust_new_tools must be true or false", server=self.name)
         return self
 
     @classmethod
@@ -157,6 +164,12 @@ class Settings:
     (audit start records are group-committed either way). Ignored on PostgreSQL."""
     policies_dir: str = "policies"
     """Folder of Cedar policies, relative to the directory of `portal.toml`."""
+    allowed_hosts: tuple[str, ...] = ()
+    """`Host` values served besides the host of `public_url` (DNS rebinding protection, see
+    `portal.inbound`): `name` (any port) or `name:port`; `*` turns the check off. Others get HTTP 421."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins (`https://app.example.com`) allowed to call the MCP endpoints besides the
+    origin of `public_url`. A request with another `Origin` gets HTTP 403; one without passes."""
     max_body_bytes: int = 4 * 1024 * 1024
     """Largest request body accepted on an MCP endpoint; larger ones get HTTP 413."""
     max_json_depth: int = 64
@@ -191,12 +204,25 @@ class Settings:
         return url
 
 
-_PORTAL_KEYS = {
+def _string_list(value: Any) -> tuple[str, ...]:
+    """A TOML list of strings, or (from an environment variable) a comma-separated string."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise TypeError("not a list of strings")
+
+
+_string_list.__name__ = "list of strings"
+
+_PORTAL_KEYS: dict[str, Any] = {
     "public_url": str,
     "database_url": str,
     "redis_url": str,
     "sqlite_synchronous": str,
     "policies_dir": str,
+    "allowed_hosts": _string_list,
+    "allowed_origins": _string_list,
     "max_body_bytes": int,
     "max_json_depth": int,
     "session_secret": str,
@@ -244,7 +270,22 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
         raise ConfigError("[portal] sqlite_synchronous must be 'normal' or 'full'")
     if not settings.public_url.startswith(("http://", "https://")):
         raise ConfigError("[portal] public_url must be an http(s) URL")
+    _check_inbound(settings)
     return replace(settings, public_url=settings.public_url.rstrip("/"))
+
+
+def _check_inbound(settings: Settings) -> None:
+    for host in settings.allowed_hosts:
+        try:
+            if host != "*":
+                normalize_host(host)
+        except ValueError:
+            raise ConfigError(f"[portal] allowed_hosts: {host!r} is not a host name or host:port") from None
+    for origin in settings.allowed_origins:
+        try:
+            normalize_origin(origin)
+        except ValueError:
+            raise ConfigError(f"[portal] allowed_origins: {origin!r} is not an origin (scheme://host[:port])") from None
 
 
 def resolve_secret(reference: str, *, base_dir: str = ".") -> str:

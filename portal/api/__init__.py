@@ -15,12 +15,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from portal.api.access import API_PATH, ApiAccess, error_response, json_response
+from portal.api.approvals import ApprovalsApi
 from portal.api.audit import READ, AuditApi
 from portal.api.openapi import openapi_document
 from portal.errors import NotFound, PortalError
 
 if TYPE_CHECKING:
     from portal.audit.log import AuditLog
+    from portal.policy.obligations import ApprovalStore
 
 __all__ = ["API_PATH", "ApiAccess", "api_routes"]
 
@@ -31,13 +33,13 @@ class ApiUnavailable(NotFound):
     code = "api_unavailable"
 
 
-def api_routes(access: ApiAccess, audit: AuditLog | None) -> list[Route]:
-    """The routes of the admin API, each guarded by the scope it needs."""
+def api_routes(access: ApiAccess, audit: AuditLog | None, approvals: ApprovalStore | None = None) -> list[Route]:
+    """The routes of the admin API, each guarded by the scope it needs (and the approvals status page)."""
 
     def guarded(scope: str, handler: Handler | None) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
-                await access.principal(request, scope)
+                request.state.principal = await access.principal(request, scope)
                 if handler is None:
                     raise ApiUnavailable("the audit log is off on this portal ([audit] enabled = false)")
                 response = await handler(request)
@@ -56,7 +58,27 @@ def api_routes(access: ApiAccess, audit: AuditLog | None) -> list[Route]:
     async def openapi(request: Request) -> Response:
         return json_response(openapi_document(access.public_url))
 
+    held = ApprovalsApi(approvals, audit) if approvals is not None else None
+
+    async def approve(request: Request) -> Response:
+        assert held is not None
+        return await held.decide(request, request.state.principal, True)
+
+    async def deny(request: Request) -> Response:
+        assert held is not None
+        return await held.decide(request, request.state.principal, False)
+
+    approval_routes = []
+    if held is not None:
+        approval_routes = [
+            Route(f"{API_PATH}/approvals", guarded(READ, held.list), methods=["GET"]),
+            Route(f"{API_PATH}/approvals/{{id}}/approve", guarded("admin", approve), methods=["POST"]),
+            Route(f"{API_PATH}/approvals/{{id}}/deny", guarded("admin", deny), methods=["POST"]),
+            Route("/approvals/{id}", held.status_page, methods=["GET"]),
+        ]
+
     return [
+        *approval_routes,
         Route(f"{API_PATH}/openapi.json", openapi, methods=["GET"]),
         Route(f"{API_PATH}/audit/records", guarded(READ, method("records")), methods=["GET"]),
         Route(f"{API_PATH}/audit/records/{{id}}", guarded(READ, method("record")), methods=["GET"]),

@@ -58,6 +58,21 @@ def _get(summary: str, scope: str, parameters: list[dict[str, Any]], content: di
     }
 
 
+def _post(summary: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{"bearer": ["admin"]}],
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "The request, decided", "content": _json({"type": "object"})},
+                "404": {"$ref": "#/components/responses/Error"},
+                "409": {"$ref": "#/components/responses/Error"},
+            },
+        }
+    }
+
+
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
@@ -149,6 +164,14 @@ def openapi_document(public_url: str) -> dict[str, Any]:
                 _filters(),
                 _json({"type": "object", "properties": {"stats": {"type": "array", "items": {"type": "object"}}}}),
             ),
+            "/api/approvals": _get(
+                "Calls held for an operator's approval (all=1: every request, decided ones too)",
+                "audit:read",
+                [_query("all", "1 to include decided and expired requests")],
+                _json({"type": "object", "properties": {"approvals": {"type": "array", "items": {"type": "object"}}}}),
+            ),
+            "/api/approvals/{id}/approve": _post("Approve a held call (it goes through once, on the client's retry)"),
+            "/api/approvals/{id}/deny": _post("Deny a held call"),
             "/api/audit/verify": _get(
                 "Check the hash chain and its signed checkpoints",
                 "audit:read",

@@ -42,6 +42,10 @@ imports preloaded, so that starting a shipper takes milliseconds rather than an 
 _CONTEXT.set_forkserver_preload(["portal.audit.chain", "portal.audit.journal", "portal.db"])
 
 
+NICENESS = 10
+"""How much lower than the portal's the shipper's CPU priority is (nice(2) increment)."""
+
+
 @dataclass
 class ShipperStatus:
     """Counters the shipper updates and the portal reads."""
@@ -74,6 +78,10 @@ def ship(
     from portal.db import create_engine_for
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Background work: records are durable in the journal already, so when the machine is busy the
+    # shipper yields the CPU to the calls and catches up later (the journal grows meanwhile).
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
     engine = create_engine_for(database_url, sqlite_synchronous=sqlite_synchronous)
     writer = ChainWriter(engine)
     journal = Journal(Path(journal_path))

@@ -174,8 +174,15 @@ class AuditStage:
                 outcome, code = _classify(exc, request.state)
                 call.end(outcome, code, None)
             raise
-        is_error = isinstance(result, dict) and result.get("isError") is True
-        call.end("error" if is_error else "ok", "tool_error" if is_error else None, result)
+        if isinstance(result, dict) and result.get("resultType") == "input_required":
+            # Held (an approval, or input the upstream asked for): the client retries the call.
+            call.end("pending", "input_required", None)
+        elif request.state.get("decision") == "deny":
+            # The policies' "not permitted" tool error: a denial, not a tool that failed.
+            call.end("denied", "not_permitted", result)
+        else:
+            is_error = isinstance(result, dict) and result.get("isError") is True
+            call.end("error" if is_error else "ok", "tool_error" if is_error else None, result)
         return result
 
 

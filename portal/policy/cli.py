@@ -1,8 +1,9 @@
-"""`portal policy check|test|explain|schema` and `portal approvals list|approve|deny`.
+"""`portal policy check|test|explain|replay|schema` and `portal approvals list|approve|deny`.
 
 The policy commands need the tools the portal would generate actions for; offline they
 read them from `--tools FILE` (a JSON object `{server: [tool, ...]}` as `tools/list` gives
-them), by default `tools.json` in the policy folder. `policy replay` is not implemented.
+them), by default `tools.json` in the policy folder. `policy replay` (`portal.policy.replay`)
+also takes the tools of servers that file does not name from the audit log.
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ def add_commands(commands: Any) -> None:
     explain.add_argument("--args", default="{}", help="the arguments, JSON")
     explain.add_argument("--codemode", action="store_true", help="as an inner call of Code Mode")
     explain.set_defaults(handler=_explain)
+    replay = sub.add_parser(
+        "replay",
+        parents=[_data_options(), _json_option()],
+        help="re-decide recorded calls under a policy set and list what would flip",
+    )
+    replay.add_argument("--since", default="7d", help="from this time or span before now (default: 7d)")
+    replay.add_argument("--until", help="up to this time or span before now (default: now)")
+    replay.add_argument("--policies", metavar="DIR", help="the candidate policy folder (default: policies_dir)")
+    replay.add_argument("--tools", metavar="FILE", help="tools by server, JSON (default: DIR/tools.json)")
+    replay.add_argument("--all", action="store_true", help="list every call, not only flips and undecidables")
+    replay.set_defaults(handler=_replay)
 
     approvals = commands.add_parser("approvals", help="calls waiting for an operator")
     asub = approvals.add_subparsers(dest="approvals_command", metavar="COMMAND", required=True)
@@ -69,13 +81,21 @@ def _engine(args: argparse.Namespace) -> Any:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from portal.policy.loader import PolicyError
+    from portal.policy.loader import PolicyError, validation_problems
 
     try:
         engine = _engine(args)
     except PolicyError as exc:
         for problem in exc.problems:
             print(problem)
+        return 1
+    # A running portal tolerates actions its servers do not list right now; against the declared
+    # catalog (tools.json), an action it does not have is a mistake worth failing on.
+    unknown: list[str] = []
+    validation_problems(engine.snapshot.loaded, engine.snapshot.schema, unknown=unknown)
+    for problem in unknown:
+        print(problem)
+    if unknown:
         return 1
     print(f"ok: {len(engine.snapshot.loaded.sources)} policies, version {engine.version}")
     return 0
@@ -125,6 +145,42 @@ def _explain(args: argparse.Namespace) -> int:
     else:
         for key, value in out.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from portal.audit.query import parse_time
+    from portal.cli import load_config
+    from portal.db import create_engine, init_db
+    from portal.policy.replay import replay
+
+    settings = load_config(args)
+    directory = Path(args.policies) if args.policies else settings.resolve_path(settings.policies_dir)
+    db = create_engine(settings)
+    try:
+        init_db(db)
+        report = replay(
+            db,
+            directory,
+            since_us=parse_time(args.since),
+            until_us=parse_time(args.until) if args.until else None,
+            tools_file=args.tools,
+        )
+    finally:
+        db.dispose()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    calls = [call for call in report.as_dict()["calls"] if args.all or call["status"] not in ("same", "unrecorded")]
+    if calls:
+        head = f"{'time':27}  {'call id':32}  {'principal':12}  {'server/tool':32}  {'decision':11}"
+        print(f"{head}  {'status':14}  policies")
+    for call in calls:
+        change = f"{call['recorded'] or '-'}->{call['decision'] or '?'}"
+        target = f"{call['server'] or '-'}/{call['tool'] or '-'}"
+        line = f"{call['time']}  {call['call_id']}  {call['principal']:12}  {target:32}  {change:11}"
+        print(f"{line}  {call['status']:14}  {','.join(call['policy_ids']) or '-'}  {call['reason']}".rstrip())
+    print(report.summary_line())
     return 0
 
 

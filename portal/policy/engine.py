@@ -10,6 +10,11 @@ reload never disturbs a decision in flight: a decision reads `engine.snapshot` o
 - A catalog change (its `generation`) rebuilds the schema for the same policies on the next
   decision. A policy that names a tool which has gone away is logged, not refused: a server
   going down must not take the policies with it.
+
+Speed (issue 10): a snapshot caches its decisions (`portal.policy.cache`: keyed on everything a
+decision reads, so never stale), gives Cedar only the policies whose scope can match a request
+(`portal.policy.index`), and filters a list with one partial evaluation per class of tools that
+the matching policies cannot tell apart instead of one per tool.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Any
 import cedarpy
 
 from portal.catalog import Catalog
+from portal.policy.cache import DecisionCache, input_key, time_key
+from portal.policy.index import PolicyIndex
 from portal.policy.loader import (
     LoadedPolicies,
     PolicyError,
@@ -83,12 +90,32 @@ class Snapshot:
     generation: int
     warnings: tuple[str, ...] = ()
     by_cedar_id: dict[str, PolicySource] = field(default_factory=dict)
+    index: PolicyIndex = field(default_factory=lambda: PolicyIndex("", {}))
+    """What each policy can apply to and which `context.time` fields it reads."""
     entities: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    decisions: DecisionCache[Decision] = field(default_factory=lambda: DecisionCache(_CACHE_LIMIT))
+    """Decisions of this snapshot (see `portal.policy.cache` for why an entry is never stale)."""
     visible: dict[tuple[Any, ...], bool] = field(default_factory=dict)
+    classes: dict[tuple[Any, ...], bool] = field(default_factory=dict)
+    """List visibility per class of actions that partial evaluation cannot tell apart."""
+    decision_slices: dict[frozenset[int], Any] = field(default_factory=dict)
+    """PolicySets of the policies a decision's scope matches (positions in `index.facts`)."""
+    slices: dict[frozenset[int], Any] = field(default_factory=dict)
+    """PolicySets of the rules matching a class (`PolicyIndex.rules`)."""
 
     @property
     def version(self) -> str:
         return self.loaded.version
+
+    def clear_caches(self) -> None:
+        """Forget every cached answer (the benchmark's "cold"; answers never need it)."""
+        self.entities.clear()
+        self.decisions.clear()
+        self.visible.clear()
+        self.classes.clear()
+        self.slices.clear()
+        self.decision_slices.clear()
+        self.index.forget()
 
 
 def _tools_of(catalog: Catalog) -> dict[str, list[dict[str, Any]]]:
@@ -114,7 +141,18 @@ def build_snapshot(loaded: LoadedPolicies, catalog: Catalog, *, strict: bool = T
         catalog.generation,
         tuple(problems),
         {f"policy{source.index}": source for source in loaded.sources},
+        PolicyIndex(loaded.text or "", _action_parents(built)),
     )
+
+
+def _action_parents(built: BuiltSchema) -> dict[str, list[str]]:
+    """Each action's groups (`memberOf`), from the schema in force, stub actions included."""
+    actions: Mapping[str, Any] = (built.json.get("") or {}).get("actions", {})
+    return {
+        name: [str(parent["id"]) for parent in action.get("memberOf") or () if isinstance(parent, dict)]
+        for name, action in actions.items()
+        if isinstance(action, dict)
+    }
 
 
 class PolicyEngine:
@@ -264,7 +302,9 @@ class PolicyEngine:
         via_codemode: bool = False,
         now: float | None = None,
     ) -> Decision:
-        """Deny unless a policy permits; a forbid wins. Arguments that do not fit the schema are denied."""
+        """Deny unless a policy permits; a forbid wins. Arguments that do not fit the schema are denied.
+
+        Decisions are cached per snapshot on everything they depend on (`portal.policy.cache`)."""
         snap = self.snapshot
         input_type = snap.built.input_types.get(action)
         if input_type is None:
@@ -273,14 +313,39 @@ class PolicyEngine:
             value = snap.built.converter().convert(input_type, dict(arguments or {}))
         except ArgumentTypeError as exc:
             return Decision(False, (), snap.version, errors=(str(exc),))
+        # One instant for both the key and the context, so an hour boundary cannot fall between.
+        moment = time.time() if now is None else now
+        key: tuple[Any, ...] | None = None
+        when = time_key(snap.index.time_fields, moment)
+        if when is not None:
+            text = input_key(value)
+            if text is not None:
+                key = (who.subject, who.groups, who.client_id, who.scopes, action, server, via_codemode, text, when)
+                cached = snap.decisions.get(key)
+                if cached is not None:
+                    return cached
+        decision = self._evaluate(snap, who, action, server, value, via_codemode, moment)
+        if key is not None:
+            snap.decisions.put(key, decision)
+        return decision
+
+    def _evaluate(
+        self, snap: Snapshot, who: Subject, action: str, server: str, value: Any, via_codemode: bool, moment: float
+    ) -> Decision:
         request = {
             "principal": f'User::"{_quote(who.subject)}"',
             "action": f'Action::"{_quote(action)}"',
             "resource": f'Server::"{_quote(server)}"',
-            "context": self.context(who, value, via_codemode=via_codemode, now=now),
+            "context": self.context(who, value, via_codemode=via_codemode, now=moment),
         }
-        result = cedarpy.is_authorized(request, snap.policies, self._entities(snap, who, server), snap.schema)
-        sources = [snap.by_cedar_id[reason] for reason in result.diagnostics.reasons if reason in snap.by_cedar_id]
+        policies = self._decision_slice(snap, who, action, server)
+        result = cedarpy.is_authorized(request, policies, self._entities(snap, who, server), snap.schema)
+        # Cedar gives its reasons in no set order (a hash set, reordered call to call): in the order of
+        # the set, a decision reads the same every time, cached or not.
+        sources = sorted(
+            (snap.by_cedar_id[reason] for reason in result.diagnostics.reasons if reason in snap.by_cedar_id),
+            key=lambda source: source.index,
+        )
         return Decision(
             result.allowed,
             tuple(source.policy_id for source in sources),
@@ -289,15 +354,102 @@ class PolicyEngine:
             tuple(result.diagnostics.errors),
         )
 
+    @staticmethod
+    def _decision_slice(snap: Snapshot, who: Subject, action: str, server: str) -> Any:
+        """The policies whose scope can match the request, as a PolicySet under their own ids.
+
+        A policy whose scope does not match is false before its conditions are evaluated (the
+        scope is the first conjunct), so it can be neither a reason nor an error: the decision on
+        the slice is the decision on the whole set, and Cedar's cost grows with the set's size."""
+        index = snap.index
+        if any(item.index < 0 for item in index.facts):
+            return snap.policies
+        matched = index.matching(who.subject, who.groups, action, server)
+        policies = snap.decision_slices.get(matched)
+        if policies is None:
+            policies = cedarpy.PolicySet.from_json_str(index.policy_set(matched))
+            if len(snap.decision_slices) >= _CACHE_LIMIT // 10:
+                snap.decision_slices.clear()
+            snap.decision_slices[matched] = policies
+        return policies
+
     def visible(self, who: Subject, action: str, server: str, *, via_codemode: bool = False) -> bool:
         """Whether some arguments could permit `action` (partial evaluation, `context.input` unknown).
 
-        `time` is unknown too (a listing is cached), so a tool allowed only at some hours is listed."""
+        `time` is unknown too (a listing is cached), so a tool allowed only at some hours is listed.
+
+        The answer is `partially_evaluate`'s, without running it per tool: the policies whose scope
+        matches the request are looked up (`PolicyIndex`); when they settle it alone (no permit;
+        an unconditional forbid; unconditional permits and no forbid) that is the answer Cedar
+        would give, and otherwise one partial evaluation answers for every action matched by the
+        same policies (none of them reading `action`, or `resource`, in a condition: then the
+        action, or the server, is part of the class)."""
         snap = self.snapshot
         key = (who.subject, who.groups, who.client_id, who.scopes, action, server, via_codemode)
         cached = snap.visible.get(key)
         if cached is not None:
             return cached
+        if action not in snap.built.input_types:
+            return False
+        verdict = self._visible(snap, who, action, server, via_codemode)
+        if len(snap.visible) >= _CACHE_LIMIT * 10:
+            snap.visible.clear()
+        snap.visible[key] = verdict
+        return verdict
+
+    def _visible(self, snap: Snapshot, who: Subject, action: str, server: str, via_codemode: bool) -> bool:
+        index = snap.index
+        matched = index.matching(who.subject, who.groups, action, server)
+        facts = [index.facts[position] for position in matched]
+        if not any(item.permit for item in facts):
+            return False
+        forbids = [item for item in facts if not item.permit]
+        if any(not item.conditional for item in forbids):
+            return False
+        if not forbids and any(not item.conditional for item in facts):
+            return True
+        rules = frozenset(item.rule for item in facts)
+        group = (
+            who.subject,
+            who.groups,
+            who.client_id,
+            who.scopes,
+            via_codemode,
+            rules,
+            action if any(item.reads_action for item in facts) else None,
+            server if any(item.reads_resource for item in facts) else None,
+        )
+        verdict = snap.classes.get(group)
+        if verdict is None:
+            policies = snap.slices.get(rules)
+            if policies is None:
+                # Only the matching policies, each once: the others cannot match this request and
+                # would only add time (Cedar evaluates, and returns a residual of, every policy).
+                policies = cedarpy.PolicySet.from_json_str(index.rule_set(rules))
+                if len(snap.slices) >= _CACHE_LIMIT // 10:
+                    snap.slices.clear()
+                snap.slices[rules] = policies
+            verdict = self.partially_evaluate(
+                who, action, server, via_codemode=via_codemode, snap=snap, policies=policies
+            )
+            if len(snap.classes) >= _CACHE_LIMIT:
+                snap.classes.clear()
+            snap.classes[group] = verdict
+        return verdict
+
+    def partially_evaluate(
+        self,
+        who: Subject,
+        action: str,
+        server: str,
+        *,
+        via_codemode: bool = False,
+        snap: Snapshot | None = None,
+        policies: Any = None,
+    ) -> bool:
+        """`visible`'s answer by one Cedar partial evaluation of this very request (no sharing, no
+        cache), against the whole set in force unless `policies` (a slice of it) is given."""
+        snap = snap or self.snapshot
         if action not in snap.built.input_types:
             return False
         context = self.context(who, {"__extn": {"fn": "unknown", "arg": "input"}}, via_codemode=via_codemode)
@@ -310,12 +462,10 @@ class PolicyEngine:
         }
         # No schema here: cedarpy refuses a context holding unknowns against a typed one; the
         # policies were validated at load, and a call is always decided in full by `decide`.
-        result = cedarpy.is_authorized_partial(request, snap.policies, self._entities(snap, who, server))
-        verdict = _could_allow(result)
-        if len(snap.visible) >= _CACHE_LIMIT * 10:
-            snap.visible.clear()
-        snap.visible[key] = verdict
-        return verdict
+        result = cedarpy.is_authorized_partial(
+            request, snap.policies if policies is None else policies, self._entities(snap, who, server)
+        )
+        return _could_allow(result)
 
     def tool_action(self, server: str, tool: str) -> str | None:
         from portal.catalog import aggregate_name

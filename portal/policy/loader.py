@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 import cedarpy
 
 from portal.errors import PortalError
+
+log = logging.getLogger("portal.policy")
 
 __all__ = ["LoadedPolicies", "PolicyError", "PolicySource", "load_policy_files", "parse_policies"]
 
@@ -153,17 +156,38 @@ def _check_obligations(source: PolicySource) -> list[str]:
     return problems
 
 
-def validation_problems(loaded: LoadedPolicies, schema: Any) -> list[str]:
-    """Cedar validation of `loaded` against `schema` (a cedarpy Schema), as file:line: reason."""
+def validation_problems(loaded: LoadedPolicies, schema: Any, *, unknown: list[str] | None = None) -> list[str]:
+    """Cedar validation of `loaded` against `schema` (a cedarpy Schema), as file:line: reason.
+
+    A policy naming an action the catalog does not have (yet) is not a problem: the schema is
+    generated from the servers' live tool lists, and a set must not be refused, nor a portal kept
+    from starting, because a server is down or still connecting. Such a policy matches no call
+    until the tool is there. Those findings go to `unknown` (and to the log) instead.
+    """
     if not loaded.sources:
         return []
     result = cedarpy.validate_policies(loaded.text, schema)
+    by_policy: dict[str, list[str]] = {}
+    for found in result.errors:
+        by_policy.setdefault(found.policy_id, []).append(str(found.error))
     problems = []
-    for error in result.errors:
-        source = _source_of(loaded, error.policy_id)
-        where = f"{source.file}:{source.line} ({source.policy_id})" if source else error.policy_id
-        problems.append(f"{where}: {error.error}")
+    for cedar_id, errors in by_policy.items():
+        source = _source_of(loaded, cedar_id)
+        where = f"{source.file}:{source.line} ({source.policy_id})" if source else cedar_id
+        missing = [text for text in errors if "unrecognized action" in text]
+        for text in errors:
+            if missing and (text in missing or _NO_APPLICABLE_ACTION in text):
+                continue
+            problems.append(f"{where}: {text}")
+        if missing:
+            notes = [f"{where}: {text} (not in the catalog now; it matches no call until it is)" for text in missing]
+            log.warning("%s", "; ".join(notes))
+            if unknown is not None:
+                unknown.extend(notes)
     return problems
+
+
+_NO_APPLICABLE_ACTION = "unable to find an applicable action"
 
 
 def _source_of(loaded: LoadedPolicies, cedar_id: str) -> PolicySource | None:

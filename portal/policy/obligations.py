@@ -164,9 +164,14 @@ class ApprovalStore:
     def create_table(self) -> None:
         Approval.metadata.create_all(self.engine, tables=[Approval.__table__])  # type: ignore[attr-defined]
 
-    def consume_or_request(self, subject: str, action: str, arguments: Any, now: int | None = None) -> Approval:
+    def consume_or_request(
+        self, subject: str, action: str, arguments: Any, now: int | None = None, *, shown: Any = None
+    ) -> Approval:
         """Use an approved, unexpired approval of this exact call (status becomes used), or
-        return the pending one (created if needed). The caller checks `status`."""
+        return the pending one (created if needed). The caller checks `status`.
+
+        The call is matched on the digest of its real `arguments`; what is stored for the operator
+        to read is `shown` (the arguments with secrets redacted) when given."""
         now = int(time.time()) if now is None else now
         digest = argument_digest(arguments)
         with Session(self.engine) as session:
@@ -199,7 +204,7 @@ class ApprovalStore:
                 subject=subject,
                 action=action,
                 digest=digest,
-                arguments=json.dumps(arguments, sort_keys=True)[:4000],
+                arguments=json.dumps(arguments if shown is None else shown, sort_keys=True)[:4000],
                 created_at=now,
                 expires_at=now + self.ttl,
             )
@@ -207,6 +212,10 @@ class ApprovalStore:
             session.commit()
             session.refresh(approval)
             return approval
+
+    def get(self, approval_id: str) -> Approval | None:
+        with Session(self.engine) as session:
+            return session.get(Approval, approval_id)
 
     def list(self, *, include_done: bool = False, now: int | None = None) -> list[Approval]:
         now = int(time.time()) if now is None else now

@@ -21,6 +21,8 @@ are dropped: policies only ever see typed fields.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -108,10 +110,22 @@ def _strip(value: Any, namespace: str) -> Any:
     return value
 
 
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+"""Cedar's `Long`."""
+_NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]")
+
+
+def _identifier(name: str) -> str:
+    """`name` as a Cedar identifier, one-to-one: every other character becomes `__{hex}_`."""
+    alias = _NOT_IDENTIFIER.sub(lambda match: f"__{ord(match.group(0)):x}_", name.replace("__", "___"))
+    return alias if alias[:1].isalpha() or alias[:1] == "_" else "_" + alias
+
+
 def build_schema(stub: str, tools_by_server: Mapping[str, Iterable[Mapping[str, Any]]]) -> BuiltSchema:
     """Generate the full schema for `tools_by_server` (raises ValueError with the generator's reason)."""
     actions: dict[str, ActionInfo] = {}
     tools: list[dict[str, Any]] = []
+    real_names: dict[str, str] = {}
     for server, server_tools in sorted(tools_by_server.items()):
         for tool in server_tools:
             name = aggregate_name(server, tool["name"])
@@ -119,7 +133,11 @@ def build_schema(stub: str, tools_by_server: Mapping[str, Iterable[Mapping[str, 
                 continue
             actions[name] = ActionInfo(server, tool["name"], classify(tool.get("annotations")))
             schema = tool.get("inputSchema") or {"type": "object"}
-            tools.append({"name": name, "inputSchema": schema, "annotations": tool.get("annotations") or {}})
+            # The generator names types after tools, so a name must be a Cedar identifier; server
+            # and tool names may hold `-` or `.`. Generated under a safe alias, renamed back below.
+            alias = _identifier(name)
+            real_names[alias] = name
+            tools.append({"name": alias, "inputSchema": schema, "annotations": tool.get("annotations") or {}})
     result = generate_schema(stub, tools, config=GENERATOR_CONFIG)
     if not result.get("isOk"):
         raise ValueError(f"schema generation failed: {result.get('error')}")
@@ -130,7 +148,10 @@ def build_schema(stub: str, tools_by_server: Mapping[str, Iterable[Mapping[str, 
     body = _strip(body, namespace)
     body.setdefault("commonTypes", {})
     entity_types = body.setdefault("entityTypes", {})
-    generated_actions: dict[str, Any] = body.setdefault("actions", {})
+    generated_actions: dict[str, Any] = {
+        real_names.get(name, name): action for name, action in body.setdefault("actions", {}).items()
+    }
+    body["actions"] = generated_actions
     input_types: dict[str, Any] = {}
     principal_types = ["User"]
     resource_types = ["Server"]
@@ -199,8 +220,14 @@ class InputConverter:
         kind = self._resolve(kind)
         tag = kind["type"]
         if tag == "Long":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-                raise ArgumentTypeError(f"{path} must be an integer")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or (isinstance(value, float) and not math.isfinite(value))
+                or value != int(value)
+                or not _LONG_MIN <= value <= _LONG_MAX
+            ):
+                raise ArgumentTypeError(f"{path} must be an integer (64-bit)")
             return int(value)
         if tag == "String":
             if not isinstance(value, str):

@@ -10,8 +10,11 @@ stage; `@redact` paths into `request.state["redact"]`.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from typing import Any
 
+from portal.catalog import split_uri
 from portal.errors import PortalError
 from portal.pipeline import Handler, McpRequest
 from portal.policy.engine import Decision, PolicyEngine, Subject
@@ -30,6 +33,35 @@ __all__ = ["NOT_PERMITTED", "PolicyDenied", "PolicyStage"]
 
 NOT_PERMITTED = "not permitted"
 
+_LISTS: dict[str, tuple[str, str, str]] = {
+    "tools/list": ("tools", "name", ""),
+    "prompts/list": ("prompts", "name", "get_prompt"),
+    "resources/list": ("resources", "uri", "read_resource"),
+    "resources/templates/list": ("resourceTemplates", "uriTemplate", "read_resource"),
+}
+"""List methods: the key of their items, the field naming an item, the action that uses one."""
+
+
+def _drop_own_state(request: McpRequest) -> None:
+    """The retry of a held call carries the portal's own `requestState` and input responses: they are
+    the portal's business, and an upstream would refuse state it did not issue."""
+    state = request.params.get("requestState")
+    if not (isinstance(state, str) and state.startswith(_STATE_PREFIX)):
+        return
+    for params in (request.params, request.target.params if request.target is not None else None):
+        if params is not None:
+            params.pop("requestState", None)
+            params.pop("inputResponses", None)
+
+
+_STATE_PREFIX = "approval:"
+
+
+def _takes_url_elicitation(request: McpRequest) -> bool:
+    """Whether the client declared URL-mode elicitation (the capability `elicitation.url`)."""
+    elicitation = (request.client_capabilities or {}).get("elicitation")
+    return isinstance(elicitation, dict) and isinstance(elicitation.get("url"), dict)
+
 
 class PolicyDenied(PortalError):
     code = "not_permitted"
@@ -44,15 +76,28 @@ class PolicyStage:
         *,
         approvals: ApprovalStore | None = None,
         rate_limiter: MemoryRateLimiter | RedisRateLimiter | None = None,
+        public_url: str | None = None,
+        availability: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.redact: Callable[[Any], Any] | None = None
+        """Redacts arguments before they are stored for an operator (the audit log's redactor)."""
+        self.availability = availability
+        """Raises the error a call to a server would get now (down, disabled, unknown)."""
         self.approvals = approvals
         self.rates = rate_limiter or MemoryRateLimiter()
+        self.public_url = public_url
 
     @classmethod
     def from_settings(cls, settings: Any, engine: PolicyEngine, db_engine: Any = None) -> PolicyStage:
         limiter = RedisRateLimiter(settings.redis_url) if getattr(settings, "redis_url", None) else None
-        return cls(engine, approvals=ApprovalStore(db_engine) if db_engine is not None else None, rate_limiter=limiter)
+        approvals = ApprovalStore(db_engine) if db_engine is not None else None
+        return cls(engine, approvals=approvals, rate_limiter=limiter, public_url=settings.public_url)
+
+    def prepare(self) -> None:
+        """Create the approvals table if it is missing (blocking; the lifespan runs it in a thread)."""
+        if self.approvals is not None:
+            self.approvals.create_table()
 
     async def start(self) -> None:
         await self.engine.start()
@@ -67,9 +112,15 @@ class PolicyStage:
             raise PolicyDenied(NOT_PERMITTED)
         who = Subject(principal.subject, tuple(principal.groups), principal.client_id, frozenset(principal.scopes))
         via_codemode = bool(request.state.get("via_codemode"))
-        if request.method == "tools/list":
+        if request.method in _LISTS:
             result = await call_next(request)
-            return self._filter_tools(request, who, via_codemode, result)
+            if request.endpoint.kind == "codemode":
+                # Code Mode lists its own `search` and `execute`; the SDK behind them comes from
+                # a `/mcp` listing made as the caller, via Code Mode, which is filtered here.
+                return result
+            if request.method == "tools/list":
+                return self._filter_tools(request, who, via_codemode, result)
+            return self._filter_by_server(request, who, via_codemode, result)
         decided = self._decide(request, who, via_codemode)
         if decided is None:
             return await call_next(request)
@@ -84,8 +135,33 @@ class PolicyStage:
         redact = redact_paths(decision.annotation_values("redact"))
         if redact:
             request.state["redact"] = redact
-        await self._obligations(who, action, arguments, decision)
+        try:
+            await self._obligations(who, action, arguments, decision)
+        except ApprovalPending as pending:
+            if request.modern and _takes_url_elicitation(request):
+                return self._input_required(pending)
+            raise
+        _drop_own_state(request)
         return await call_next(request)
+
+    def _input_required(self, pending: ApprovalPending) -> dict[str, Any]:
+        """2026-07-28: the protocol's own way to hold a call. A URL elicitation tells the person where the
+        request stands; the client retries the same call with the echoed state once they are done, and
+        the call goes through if an operator approved it meanwhile (or is held again)."""
+        approval_id = str(pending.data.get("approval_id"))
+        url = f"{self.public_url}/approvals/{approval_id}" if self.public_url else None
+        params: dict[str, Any] = {
+            "mode": "url",
+            "message": pending.message,
+            "elicitationId": f"approval-{approval_id}",
+        }
+        if url:
+            params["url"] = url
+        return {
+            "resultType": "input_required",
+            "inputRequests": {"approval": {"method": "elicitation/create", "params": params}},
+            "requestState": f"{_STATE_PREFIX}{approval_id}",
+        }
 
     def _decide(
         self, request: McpRequest, who: Subject, via_codemode: bool
@@ -98,6 +174,9 @@ class PolicyStage:
                 return None
         elif target.kind == "tool" and request.method == "tools/call":
             found = self.engine.tool_action(target.server, target.name)
+            if found is None and self.availability is not None:
+                # A server that is down has no tools in the catalog: say so, as the forwarder would.
+                self.availability(target.server)
             # A tool the catalog does not know has no action: denied, never silently allowed.
             action = found or f"{target.server}_{target.name}"
             server = target.server
@@ -124,9 +203,37 @@ class PolicyStage:
         if decision.annotation_values("approval"):
             if self.approvals is None:
                 raise PolicyDenied(f"{NOT_PERMITTED}: {action} needs an approval and none can be recorded")
-            approval = await asyncio.to_thread(self.approvals.consume_or_request, who.subject, action, arguments)
+            # What the operator reads has its secrets redacted, like the audit record of the call.
+            shown = self.redact(arguments) if self.redact is not None else None
+            approval = await asyncio.to_thread(
+                functools.partial(self.approvals.consume_or_request, who.subject, action, arguments, shown=shown)
+            )
             if approval.status != "used":
                 raise ApprovalPending(approval.id, action, approval.expires_at)
+
+    def _filter_by_server(
+        self, request: McpRequest, who: Subject, via_codemode: bool, result: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Resources and prompts: listed when some read or get on their server could be permitted."""
+        key, field, action = _LISTS[request.method]
+        items = result.get(key)
+        if not isinstance(items, list):
+            return result
+        catalog = self.engine.catalog
+        kept = []
+        for item in items:
+            server = request.endpoint.server
+            if server is None:
+                name = str(item.get(field, ""))
+                if key == "prompts":
+                    resolved = catalog.resolve_prompt(name)
+                    server = resolved[0] if resolved else None
+                else:
+                    split = split_uri(name)
+                    server = split[0] if split else None
+            if server is not None and self.engine.visible(who, action, server, via_codemode=via_codemode):
+                kept.append(item)
+        return {**result, key: kept}
 
     def _filter_tools(
         self, request: McpRequest, who: Subject, via_codemode: bool, result: dict[str, Any]

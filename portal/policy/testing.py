@@ -22,7 +22,21 @@ from typing import Any
 
 from portal.policy.engine import PolicyEngine, Subject
 
-__all__ = ["CaseResult", "run_cases"]
+__all__ = ["BASE_SCHEMA", "PERMIT_ALL", "CaseResult", "run_cases", "write_policies"]
+
+BASE_SCHEMA = (Path(__file__).with_name("base.cedarschema")).read_text(encoding="utf-8")
+"""The base schema (the repository's `policies/schema.cedarschema`, shipped with the package)."""
+
+PERMIT_ALL = '@id("permit-all")\npermit (principal, action, resource);\n'
+"""A policy set that leaves every decision to the token's capabilities (tests, trials)."""
+
+
+def write_policies(directory: Path, policies: str = PERMIT_ALL) -> Path:
+    """A policy folder: the base schema and `policies` as `main.cedar`; returns `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "schema.cedarschema").write_text(BASE_SCHEMA, encoding="utf-8")
+    (directory / "main.cedar").write_text(policies, encoding="utf-8")
+    return directory
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ async def test_the_openapi_document_describes_every_route_without_a_token(world:
     document = orjson.loads(body)
     assert status == 200 and document["openapi"].startswith("3.1")
     assert set(document["paths"]) >= {"/api/audit/records", "/api/audit/records/{id}", "/api/audit/export"}
-    assert all(op["get"]["security"] for op in document["paths"].values())
+    assert all(operation["security"] for path in document["paths"].values() for operation in path.values())
+    assert "/api/approvals/{id}/approve" in document["paths"]
 
 
 async def test_without_a_token_the_api_answers_401_pointing_to_its_resource_metadata(world: PortalUnderTest) -> None:

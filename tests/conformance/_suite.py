@@ -397,8 +397,10 @@ def portal_app(servers: tuple[Any, ...], data_dir: Path, public_url: str) -> Rea
     """The portal (`create_app`) in front of `servers` (`ServerConfig`s), with its database (and master key) in
     `data_dir`, reached at `public_url` (`base_url_of(sock)` of the socket it will be served on)."""
     from portal.app import create_app
+    from portal.policy.testing import write_policies
     from portal.settings import Settings
 
+    write_policies(data_dir / "policies")
     settings = Settings(
         public_url=public_url,
         database_url=f"sqlite:///{data_dir / 'portal.db'}",

@@ -47,6 +47,7 @@ from uvicorn_control import crash, stop
 
 from portal.app import Portal, create_app
 from portal.auth.service import AuthService
+from portal.policy.testing import PERMIT_ALL, write_policies
 from portal.settings import ServerConfig, Settings
 
 __all__ = [
@@ -447,11 +448,15 @@ class Launcher:
             name=name, command="python", args=(UPSTREAMS_SCRIPT, name), cwd=str(HERE), **options
         ).validate()
 
-    async def portal(self, *servers: ServerConfig, wait: bool = True, **settings: Any) -> PortalUnderTest:
-        """A portal in front of `servers`, with its own database; waits until they are listed."""
+    async def portal(
+        self, *servers: ServerConfig, wait: bool = True, policies: str = PERMIT_ALL, **settings: Any
+    ) -> PortalUnderTest:
+        """A portal in front of `servers`, with its own database and `policies` (by default, every
+        decision is left to the token's capabilities); waits until the servers are listed."""
         self._count += 1
         folder = self.tmp_path / f"portal-{self._count}"
         folder.mkdir()
+        write_policies(folder / "policies", policies)
         # The port is bound first, so that public_url (every token's audience) is the URL the tests use.
         sock = loopback_socket()
         base = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -35,6 +35,7 @@ from portal.auth.resource import InsufficientScope
 from portal.gateway.codemode import AUDIT_CALL_ID, PARENT_AUDIT_ID, CodeModeGateway, SharedSandbox
 from portal.gateway.servers import ServerSet
 from portal.pipeline import CODEMODE_RUN, PARENT_REQUEST_ID, VIA_CODEMODE, Handler, McpRequest
+from portal.policy.testing import write_policies
 from portal.settings import ServerConfig, Settings
 from servers import docs, notes
 from servers.docs_index import DocsIndex
@@ -147,10 +148,11 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
             registry_poll_seconds=0.05,
             health_interval_seconds=30.0,
             servers=(
-                ServerConfig(name="notes", module="servers.notes", timeout=10),
+                ServerConfig(name="notes", module="servers.notes", timeout=10, trust_new_tools=True),
                 ServerConfig(name="docs", module="servers.docs", timeout=10),
             ),
         )
+        write_policies(data / "policies")
         app = create_app(settings)
         probe = Probe()
         app.state.portal.pipeline.append(probe)
