@@ -45,6 +45,7 @@ from portal.metrics import render_metrics
 from portal.pinning import PinStore
 from portal.pipeline import Endpoint, Pipeline, Stage
 from portal.policy.engine import PolicyEngine
+from portal.policy.loader import PolicyError
 from portal.policy.stage import PolicyStage
 from portal.registry import HealthRow, Registry
 from portal.settings import Settings, resolve_secret
@@ -114,6 +115,13 @@ def create_app(settings: Settings) -> Starlette:
     policy.availability = servers.ensure_available
     if audit is not None:
         policy.redact = audit.redactor.scrub
+        log = audit
+
+        def reloaded(version: str, error: PolicyError | None) -> None:
+            details = {"refused": error.problems} if error is not None else {"source": "folder watcher"}
+            log.post(log.admin_record("portal", "policy.reload", version, details))
+
+        policies.on_reload = reloaded
     pipeline = Pipeline(build_stages(settings, servers, audit, policy), Forwarder(servers, codemode))
     codemode.bind(pipeline)
     streams = Streams()
@@ -219,7 +227,7 @@ def create_app(settings: Settings) -> Starlette:
             Route(CODEMODE_ENDPOINT.path, code_mode, methods=["GET", "POST", "DELETE"]),
             Route("/.well-known/oauth-protected-resource/{path:path}", resource_metadata, methods=["GET", "OPTIONS"]),
             *auth.routes(),
-            *api_routes(ApiAccess(authenticate, settings.public_url), audit, policy.approvals),
+            *api_routes(ApiAccess(authenticate, settings.public_url), audit, policy.approvals, policies),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),

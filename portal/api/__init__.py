@@ -18,10 +18,12 @@ from portal.api.access import API_PATH, ApiAccess, error_response, json_response
 from portal.api.approvals import ApprovalsApi
 from portal.api.audit import READ, AuditApi
 from portal.api.openapi import openapi_document
+from portal.api.policies import PoliciesApi
 from portal.errors import NotFound, PortalError
 
 if TYPE_CHECKING:
     from portal.audit.log import AuditLog
+    from portal.policy.engine import PolicyEngine
     from portal.policy.obligations import ApprovalStore
 
 __all__ = ["API_PATH", "ApiAccess", "api_routes"]
@@ -33,7 +35,12 @@ class ApiUnavailable(NotFound):
     code = "api_unavailable"
 
 
-def api_routes(access: ApiAccess, audit: AuditLog | None, approvals: ApprovalStore | None = None) -> list[Route]:
+def api_routes(
+    access: ApiAccess,
+    audit: AuditLog | None,
+    approvals: ApprovalStore | None = None,
+    policies: PolicyEngine | None = None,
+) -> list[Route]:
     """The routes of the admin API, each guarded by the scope it needs (and the approvals status page)."""
 
     def guarded(scope: str, handler: Handler | None) -> Callable[[Request], Awaitable[Response]]:
@@ -77,8 +84,18 @@ def api_routes(access: ApiAccess, audit: AuditLog | None, approvals: ApprovalSto
             Route("/approvals/{id}", held.status_page, methods=["GET"]),
         ]
 
+    policy_routes = []
+    if policies is not None:
+        rules = PoliciesApi(policies, audit)
+        policy_routes = [
+            Route(f"{API_PATH}/policies", guarded(READ, rules.show), methods=["GET"]),
+            Route(f"{API_PATH}/policies/reload", guarded("policies:write", rules.reload), methods=["POST"]),
+            Route(f"{API_PATH}/policies/explain", guarded(READ, rules.explain), methods=["POST"]),
+        ]
+
     return [
         *approval_routes,
+        *policy_routes,
         Route(f"{API_PATH}/openapi.json", openapi, methods=["GET"]),
         Route(f"{API_PATH}/audit/records", guarded(READ, method("records")), methods=["GET"]),
         Route(f"{API_PATH}/audit/records/{{id}}", guarded(READ, method("record")), methods=["GET"]),

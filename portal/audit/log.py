@@ -326,7 +326,10 @@ class AuditLog:
 
     def on_auth_event(self, event: AuthEvent) -> None:
         """`AuthEvents` subscriber: queues the event's record (written at once outside the event loop)."""
-        record = self.auth_record(event)
+        self.post(self.auth_record(event))
+
+    def post(self, record: dict[str, Any]) -> None:
+        """Record `record` from any thread, without waiting (a failure is logged)."""
         loop = self._loop
         if loop is not None and threading.get_ident() != self._thread:
             loop.call_soon_threadsafe(lambda: self.submit(record).add_done_callback(_log_failure))
@@ -336,7 +339,7 @@ class AuditLog:
             try:
                 self.write_sync([record])
             except AuditUnavailable:
-                logger.exception("audit: auth event not recorded")
+                logger.exception("audit: record lost")
 
     def admin_record(
         self, actor: str, action: str, target: str | None, details: Mapping[str, Any] | Any = None

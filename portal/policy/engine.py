@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,8 @@ class PolicyEngine:
         self._task: asyncio.Task[None] | None = None
         self._snapshot: Snapshot | None = None
         self.last_error: PolicyError | None = None
+        self.on_reload: Callable[[str, PolicyError | None], None] | None = None
+        """Told of every reload the folder watcher makes: the version in force, and the error of a refused set."""
         self._seen: dict[str, float] = {}
         self.reload()
 
@@ -231,9 +233,18 @@ class PolicyEngine:
         self._seen = current
         try:
             self.reload()
-        except PolicyError:
+        except PolicyError as exc:
+            self._tell(exc)
             return False
+        self._tell(None)
         return True
+
+    def _tell(self, error: PolicyError | None) -> None:
+        if self.on_reload is not None:
+            try:
+                self.on_reload(self.version, error)
+            except Exception:  # a listener must not stop the watcher
+                log.exception("policy reload listener")
 
     async def start(self) -> None:
         if self._task is None and self.poll_interval > 0:

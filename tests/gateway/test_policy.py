@@ -211,3 +211,55 @@ async def test_a_changed_policy_file_is_in_force_on_the_next_calls_and_a_broken_
     (folder / "broken.cedar").unlink()
     (folder / "extra.cedar").unlink()
     await eventually(lambda: engine.version == before, what="the first set back in force")
+
+
+async def api(p: PortalUnderTest, method: str, path: str, scopes: tuple[str, ...], body: Any = None) -> tuple[int, Any]:
+    token = p.token(audience=p.url("/api"), scopes=scopes)
+    async with p.http.request(method, p.url(path), json=body, headers={"Authorization": f"Bearer {token}"}) as response:
+        return response.status, await response.json()
+
+
+async def admin_records(p: PortalUnderTest, action: str) -> list[dict[str, Any]]:
+    log = p.portal.audit
+    assert log is not None
+    await log.drained()
+
+    def read() -> list[dict[str, Any]]:
+        query = sqlalchemy.select(RECORDS).where(RECORDS.c.kind == "admin", RECORDS.c.method == action)
+        with log.engine.connect() as connection:
+            return [dict(row._asdict()) for row in connection.execute(query.order_by(RECORDS.c.seq))]
+
+    return await asyncio.to_thread(read)
+
+
+async def test_the_admin_api_shows_explains_and_reloads_the_set(world: PortalUnderTest) -> None:
+    engine = world.portal.policy.engine
+    status, shown = await api(world, "GET", "/api/policies", ("audit:read",))
+    assert status == 200 and shown["version"] == engine.version
+    assert {"id": "nobody.secret", "file": "main.cedar", "line": 11} in [
+        {key: policy[key] for key in ("id", "file", "line")} for policy in shown["policies"]
+    ]
+    explain = {"user": "alice", "groups": ["eng"], "tool": "web_add", "args": {"a": 1, "b": 2}}
+    status, answer = await api(world, "POST", "/api/policies/explain", ("audit:read",), explain)
+    assert status == 200 and (answer["decision"], answer["policy_ids"]) == ("allow", ["eng.small-sums"])
+    explain["args"] = {"a": 500, "b": 2}
+    assert (await api(world, "POST", "/api/policies/explain", ("audit:read",), explain))[1]["decision"] == "deny"
+
+    status, _ = await api(world, "POST", "/api/policies/reload", ("audit:read",))
+    assert status == 403  # reading is not changing
+    folder = engine.directory
+    in_force = engine.version
+    (folder / "broken.cedar").write_text("forbid (principal, action, resource")
+    try:
+        status, refused = await api(world, "POST", "/api/policies/reload", ("policies:write",))
+    finally:
+        (folder / "broken.cedar").unlink()
+    assert status == 422 and refused["error"]["code"] == "policy_set_refused"
+    assert "broken.cedar:1" in refused["error"]["message"] and engine.version == in_force
+    status, reloaded = await api(world, "POST", "/api/policies/reload", ("admin",))
+    assert status == 200 and reloaded["version"] == in_force
+    records = await admin_records(world, "policy.reload")
+    assert any(r["details"]["details"].get("refused") for r in records)
+    assert any(r["principal"] == "tester" and "previous" in r["details"]["details"] for r in records)
+    # The edits of the earlier test were picked up by the folder watcher: admin events too.
+    assert any(r["principal"] == "portal" and r["details"]["details"].get("source") for r in records)
