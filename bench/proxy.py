@@ -236,8 +236,10 @@ class CpuMeter:
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 now[role] = (int(fields[11]) + int(fields[12])) / self._TICK
+                now[f"{role}_sys"] = int(fields[12]) / self._TICK
             except (OSError, IndexError, ValueError):
                 now[role] = 0.0
+                now[f"{role}_sys"] = 0.0
         times = os.times()
         now["client"] = times.user + times.system
         try:
@@ -253,13 +255,15 @@ class CpuMeter:
 
 
 def _cpu_summary(used: dict[str, float], calls: int) -> dict[str, Any]:
-    ours = sum(v for k, v in used.items() if k not in ("wall", "machine"))
+    ours = sum(v for k, v in used.items() if k not in ("wall", "machine") and not k.endswith("_sys"))
     wall = used.get("wall") or 1.0
     summary: dict[str, Any] = {
         f"{role}_us_per_call": round(used[role] / calls * 1e6)
         for role in ("portal", "upstream", "client")
         if calls and role in used
     }
+    if calls and "portal_sys" in used:
+        summary["portal_sys_us_per_call"] = round(used["portal_sys"] / calls * 1e6)  # kernel time, in the above
     summary["other_cores"] = round(max(0.0, used.get("machine", 0.0) - ours) / wall, 2)
     return summary
 
