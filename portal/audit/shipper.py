@@ -24,6 +24,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import time
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
@@ -56,10 +57,14 @@ class ShipperStatus:
     """Records this shipper inserted, all segments together."""
     failing: Synchronized[int]
     """1 while the database refuses the shipper's writes."""
+    stop: Synchronized[int]
+    """Set by the portal: ship everything, then exit. A flag, not a `multiprocessing.Event`: setting an
+    Event whose waiter was killed blocks for ever, and a shipper can be killed."""
 
     @classmethod
     def create(cls) -> ShipperStatus:
-        return cls(_CONTEXT.Value("q", 0), _CONTEXT.Value("q", 0), _CONTEXT.Value("b", 0))
+        value = _CONTEXT.Value
+        return cls(value("q", 0), value("q", 0), value("b", 0), value("b", 0))
 
 
 def ship(
@@ -69,10 +74,13 @@ def ship(
     settings: AuditSettings,
     first_segment: int,
     status: ShipperStatus,
-    stop: Any,
     parent: int,
+    revived: bool = False,
 ) -> None:
-    """The shipper's main loop (the target of its process); returns when `stop` is set and all is shipped."""
+    """The shipper's main loop (the target of its process); returns when `stop` is set and all is shipped.
+
+    `revived`: started again after the previous shipper of this portal died, possibly between a
+    commit and forgetting what it committed; what is on disk now is checked by id before it goes in."""
     from portal.audit.chain import ChainWriter
     from portal.audit.journal import Journal
     from portal.db import create_engine_for
@@ -88,18 +96,25 @@ def ship(
     offsets: dict[int, int] = {}
     checked: set[int] = set()
     """Segments whose records need no check against the database: this shipper saw them from the start."""
+    recheck = frozenset(journal.segments()) if revived else frozenset()
     try:
         while _alive(parent):
             # After `stop`, the portal has closed its last segment and holds the journal's lock
             # until this returns, so no other portal is writing one: every segment is closed.
-            stopping = stop.is_set()
-            done = _ship_once(journal, writer, settings, offsets, checked, first_segment, status, stopping)
+            stopping = bool(status.stop.value)
+            done = _ship_once(journal, writer, settings, offsets, checked, first_segment, status, stopping, recheck)
             if stopping and (done or status.failing.value):
                 return
-            stop.wait(settings.retry_seconds if status.failing.value else settings.flush_seconds)
+            _pause(status, settings.retry_seconds if status.failing.value else settings.flush_seconds)
         # The portal died: what is left is shipped by the next one's shipper (which checks by id).
     finally:
         engine.dispose()
+
+
+def _pause(status: ShipperStatus, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not status.stop.value and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 0.05))
 
 
 def _alive(pid: int) -> bool:
@@ -121,6 +136,7 @@ def _ship_once(
     first_segment: int,
     status: ShipperStatus,
     closing: bool,
+    recheck: frozenset[int] = frozenset(),
 ) -> bool:
     """Ship what the segments gained; True when every segment was shipped whole (and deleted if closed)."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -131,14 +147,16 @@ def _ship_once(
     for index, number in enumerate(segments):
         closed = closing or index < len(segments) - 1
         offset = offsets.get(number, 0)
-        if offset == 0 and number >= first_segment:
+        if offset == 0 and number >= first_segment and number not in recheck:
             checked.add(number)  # created by this portal run: everything in it is new
         records, end = journal.read(number, offset)
         dedupe = number not in checked
+        inserted_here = 0
         try:
             for start in range(0, len(records), settings.batch_max):
                 inserted = writer.append(records[start : start + settings.batch_max], dedupe=dedupe)
                 status.stored.value += len(inserted)
+                inserted_here += len(inserted)
         except (SQLAlchemyError, OSError, PortalError) as exc:
             if not status.failing.value:
                 logger.warning("audit: database unavailable, records wait in %s: %s", journal.path, exc)
@@ -151,7 +169,8 @@ def _ship_once(
         checked.add(number)
         offsets[number] = end
         if number >= first_segment:
-            status.shipped.value += len(records)
+            # A revived shipper re-reads what its predecessor shipped (and counted): only what it inserts counts.
+            status.shipped.value += inserted_here if number in recheck else len(records)
         if closed:
             journal.discard(number)
             offsets.pop(number, None)
@@ -168,16 +187,15 @@ class ShipperProcess:
         self.journal_path = journal_path
         self.settings = settings
         self.status = ShipperStatus.create()
-        self._stop = _CONTEXT.Event()
         self._process: Any = None
         self._first_segment = 0
 
     def start(self, first_segment: int) -> None:
         self._first_segment = first_segment
-        self._stop.clear()
+        self.status.stop.value = 0
         self._spawn()
 
-    def _spawn(self) -> None:
+    def _spawn(self, *, revived: bool = False) -> None:
         args = (
             self.database_url,
             self.sqlite_synchronous,
@@ -185,8 +203,8 @@ class ShipperProcess:
             self.settings,
             self._first_segment,
             self.status,
-            self._stop,
             os.getpid(),
+            revived,
         )
         self._process = _CONTEXT.Process(target=ship, args=args, name="portal-audit-shipper", daemon=True)
         self._process.start()
@@ -196,17 +214,17 @@ class ShipperProcess:
 
     def revive(self) -> bool:
         """Start the shipper again if it died; True if it had to."""
-        if self._process is None or self._stop.is_set() or self._process.is_alive():
+        if self._process is None or self.status.stop.value or self._process.is_alive():
             return False
         logger.error("audit: the shipper exited (code %s); starting it again", self._process.exitcode)
-        self._spawn()
+        self._spawn(revived=True)
         return True
 
     def stop(self, timeout: float) -> bool:
         """Ask the shipper to ship everything and stop (blocking); True if it did in time."""
         if self._process is None:
             return True
-        self._stop.set()
+        self.status.stop.value = 1
         self._process.join(timeout)
         if self._process.is_alive():
             logger.warning("audit: the shipper did not finish in %.0f s; the journal keeps the rest", timeout)

@@ -150,3 +150,22 @@ async def test_a_dead_shipper_is_started_again_and_loses_nothing(engine: Engine,
     await until(lambda: log.shipper is not None and log.shipper.alive() and log.written >= 5, seconds=15)
     await log.close()
     assert tools(engine) == [str(i) for i in range(5)]
+
+
+async def test_a_shipper_killed_after_committing_is_replaced_without_storing_anything_twice(
+    engine: Engine, tmp_path: Path
+) -> None:
+    log = make_log(engine, tmp_path)
+    await log.start()
+    assert log.shipper is not None
+    for i in range(5):
+        await log.admin("root", "a", str(i))
+    await log.drained()
+    log.shipper._process.kill()  # its segment is still on disk, with the records it committed
+    for i in range(5, 8):
+        await log.admin("root", "a", str(i))
+    await log.drained(timeout=20)
+    assert not log.spooling and log.shipper.alive()
+    await log.close()
+    assert tools(engine) == [str(i) for i in range(8)]
+    assert log.verify().ok
