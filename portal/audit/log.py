@@ -44,7 +44,7 @@ from portal.audit.redact import Redactor
 from portal.audit.settings import AuditSettings
 from portal.audit.shipper import ShipperProcess
 from portal.auth.crypto import MasterKey
-from portal.errors import PortalError
+from portal.errors import ConfigError, PortalError
 
 if TYPE_CHECKING:
     from portal.audit.stage import AuditGate, AuditStage
@@ -125,7 +125,12 @@ class AuditLog:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         if self.settings.on_db_failure == "spool" and not _in_memory(self.engine):
-            first = self.journal.open()
+            try:
+                first = self.journal.open()
+            except OSError as exc:
+                raise ConfigError(
+                    f"[audit] spool_path: the journal {self.journal.path} cannot be opened ({exc.strerror})"
+                ) from None
             synchronous = await asyncio.to_thread(_sqlite_synchronous, self.engine)
             url = self.engine.url.render_as_string(hide_password=False)
             self.shipper = ShipperProcess(url, synchronous, self.journal.path, self.settings)

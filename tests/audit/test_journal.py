@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from portal.audit.chain import RECORDS
 from portal.audit.journal import Journal, JournalInUse
 from portal.db import create_engine, init_db
+from portal.errors import ConfigError
 from portal.settings import Settings
 
 from .conftest import make_log
@@ -169,3 +170,12 @@ async def test_a_shipper_killed_after_committing_is_replaced_without_storing_any
     await log.close()
     assert tools(engine) == [str(i) for i in range(8)]
     assert log.verify().ok
+
+
+async def test_a_journal_that_cannot_be_opened_is_a_clear_configuration_error(engine: Engine, tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the journal's folder should be")
+    log = make_log(engine, tmp_path)
+    log.journal = Journal(blocked / "spool.jsonl")
+    with pytest.raises(ConfigError, match=r"journal .* cannot be opened"):
+        await log.start()
