@@ -67,6 +67,8 @@ def call_record(log: AuditLog, request: McpRequest, call_id: str) -> dict[str, A
         details["actor"] = log.redactor.scrub(principal.actor)
     if request.client_info:
         details["client_info"] = log.redactor.scrub(dict(request.client_info))
+    if state.get("via_codemode"):
+        details["via_codemode"] = True  # what the policies saw as context.via_codemode (replay needs it)
     parent = state.get("parent_audit_id") or (state.get("parent_request_id") if state.get("via_codemode") else None)
     return log.record(
         id=call_id,

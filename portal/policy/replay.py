@@ -8,8 +8,8 @@ policy stage decided is rebuilt, and a `PolicyEngine` on the candidate folder de
 - principal: the record's `principal`, `groups` and `client_id`. Scopes are not in the audit record;
   they are read from the token that made the call (`auth_access_tokens`, by `token_id`) while its row
   exists, and are unknown otherwise.
-- via_codemode: not recorded either. The audit stage gives a call a `parent_id` only when it is a
-  Code Mode inner call, so `parent_id is not None` stands for it.
+- via_codemode: `details.via_codemode` of the record; in records written before it was kept, a
+  `parent_id` (the audit stage gives one only to Code Mode inner calls) stands for it.
 - action, as `portal.policy.stage` builds it: `{server}_{tool}`; `read_resource` with `{"uri": ...}`;
   `get_prompt` with `{"name": ...}`; a `tools/call` on the Code Mode endpoint is `use_codemode`.
 - `context.time`: the time of the call's first record.
@@ -228,11 +228,16 @@ def _call(first: Any, end: Any) -> RecordedCall:
         groups=tuple(first.groups or ()),
         client_id=first.client_id or "",
         token_id=first.token_id,
-        via_codemode=first.parent_id is not None,
+        via_codemode=_via_codemode(first),
         arguments=first.arguments,
         decision=end.decision if end is not None else None,
         policy_ids=tuple(end.policy_ids or ()) if end is not None else (),
     )
+
+
+def _via_codemode(record: Any) -> bool:
+    details = record.details if isinstance(record.details, dict) else {}
+    return bool(details.get("via_codemode")) or record.parent_id is not None
 
 
 def _token_scopes(db: Engine, token_ids: Iterable[str]) -> dict[str, frozenset[str]]:

@@ -193,6 +193,7 @@ async def test_a_codemode_run_is_the_parent_of_its_inner_calls(world: PortalUnde
     inner = await records(world, parent_id=run["call_id"], phase="start")
     assert [r["arguments"] for r in inner] == [{"text": "one"}, {"text": "two"}]
     assert all(r["endpoint"] == "/mcp" and r["tool"] == "echo" for r in inner)
+    assert all(r["details"]["via_codemode"] is True for r in inner)
     # The listing the portal made to build the SDK is not a client's request: not recorded.
     sdk = [
         (r["request_id"], r["method"], r["endpoint"], r["phase"])
