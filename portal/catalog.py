@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "LIST_ITEMS",
     "Catalog",
     "ServerCatalog",
     "aggregate_name",
@@ -33,6 +34,13 @@ __all__ = [
 ]
 
 KINDS = ("tools", "resources", "resourceTemplates", "prompts")
+LIST_ITEMS: dict[str, tuple[str, str]] = {
+    "tools/list": ("tools", "name"),
+    "prompts/list": ("prompts", "name"),
+    "resources/list": ("resources", "uri"),
+    "resources/templates/list": ("resourceTemplates", "uriTemplate"),
+}
+"""List methods: the key of their items in a result, and the field that names an item."""
 _LIST_METHODS = {
     "tools": "tools/list",
     "resources": "resources/list",
@@ -149,6 +157,17 @@ class Catalog:
 
     def resolve_tool(self, aggregated: str) -> tuple[str, str] | None:
         return self._tool_names.get(aggregated)
+
+    def owner(self, key: str, name: str, server: str | None) -> tuple[str, str] | None:
+        """The server of an item of list `key` named `name` as a client sees it, and its name there;
+        `server` is the endpoint's own server (None on `/mcp`, where names carry their server)."""
+        if server is not None:
+            return server, name
+        if key == "tools":
+            return self.resolve_tool(name)
+        if key == "prompts":
+            return self.resolve_prompt(name)
+        return split_uri(name)
 
     def resolve_prompt(self, aggregated: str) -> tuple[str, str] | None:
         return self._prompt_names.get(aggregated)

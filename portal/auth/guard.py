@@ -18,18 +18,11 @@ from typing import Any
 from portal.auth.principal import Principal
 from portal.auth.resource import AuthenticationRequired, InsufficientScope
 from portal.auth.scopes import tool_scope
-from portal.catalog import split_uri
+from portal.catalog import LIST_ITEMS
 from portal.gateway.servers import ServerSet
 from portal.pipeline import Handler, McpRequest
 
 __all__ = ["CapabilityGuard", "endpoint_scope"]
-
-_LIST_KEYS = {
-    "tools/list": ("tools", "name"),
-    "prompts/list": ("prompts", "name"),
-    "resources/list": ("resources", "uri"),
-    "resources/templates/list": ("resourceTemplates", "uriTemplate"),
-}
 
 
 def endpoint_scope(kind: str, server: str | None) -> str:
@@ -58,32 +51,23 @@ class CapabilityGuard:
                 raise InsufficientScope([needed])
         result = await call_next(request)
         # Code Mode lists its own two tools; the SDK behind them is built from a filtered `/mcp` listing.
-        if request.method in _LIST_KEYS and request.endpoint.kind != "codemode":
+        if request.method in LIST_ITEMS and request.endpoint.kind != "codemode":
             return self._filtered(request, principal, result)
         return result
 
     def _filtered(self, request: McpRequest, principal: Principal, result: dict[str, Any]) -> dict[str, Any]:
-        key, field = _LIST_KEYS[request.method]
+        key, field = LIST_ITEMS[request.method]
         items = result.get(key)
         if not isinstance(items, list):
             return result
-        kept = [item for item in items if self._allows(request, principal, key, item.get(field, ""))]
+        catalog, server = self.servers.catalog, request.endpoint.server
+        kept = [item for item in items if _allows(principal, key, catalog.owner(key, item.get(field, ""), server))]
         return {**result, key: kept}
 
-    def _allows(self, request: McpRequest, principal: Principal, kind: str, name: str) -> bool:
-        server = request.endpoint.server
-        if kind == "tools":
-            if server is None:
-                resolved = self.servers.catalog.resolve_tool(name)
-                if resolved is None:
-                    return False
-                server, name = resolved
-            return principal.can(tool_scope(server, name))
-        if server is None:
-            if kind == "prompts":
-                resolved = self.servers.catalog.resolve_prompt(name)
-                server = resolved[0] if resolved else None
-            else:
-                split = split_uri(name)
-                server = split[0] if split else None
-        return server is not None and principal.can(f"tools:{server}")
+
+def _allows(principal: Principal, key: str, owner: tuple[str, str] | None) -> bool:
+    """Tools need their own scope (or a broader one); resources and prompts their server's."""
+    if owner is None:
+        return False
+    server, name = owner
+    return principal.can(tool_scope(server, name) if key == "tools" else f"tools:{server}")

@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from portal.catalog import split_uri
+from portal.catalog import LIST_ITEMS
 from portal.errors import PortalError
 from portal.pipeline import Handler, McpRequest
 from portal.policy.engine import Decision, PolicyEngine, Subject
@@ -33,13 +33,12 @@ __all__ = ["NOT_PERMITTED", "PolicyDenied", "PolicyStage"]
 
 NOT_PERMITTED = "not permitted"
 
-_LISTS: dict[str, tuple[str, str, str]] = {
-    "tools/list": ("tools", "name", ""),
-    "prompts/list": ("prompts", "name", "get_prompt"),
-    "resources/list": ("resources", "uri", "read_resource"),
-    "resources/templates/list": ("resourceTemplates", "uriTemplate", "read_resource"),
+_LIST_ACTIONS = {
+    "prompts/list": "get_prompt",
+    "resources/list": "read_resource",
+    "resources/templates/list": "read_resource",
 }
-"""List methods: the key of their items, the field naming an item, the action that uses one."""
+"""The action that uses an item of a list other than tools."""
 
 
 def _drop_own_state(request: McpRequest) -> None:
@@ -112,7 +111,7 @@ class PolicyStage:
             raise PolicyDenied(NOT_PERMITTED)
         who = Subject(principal.subject, tuple(principal.groups), principal.client_id, frozenset(principal.scopes))
         via_codemode = bool(request.state.get("via_codemode"))
-        if request.method in _LISTS:
+        if request.method in LIST_ITEMS:
             result = await call_next(request)
             if request.endpoint.kind == "codemode":
                 # Code Mode lists its own `search` and `execute`; the SDK behind them comes from
@@ -215,23 +214,16 @@ class PolicyStage:
         self, request: McpRequest, who: Subject, via_codemode: bool, result: dict[str, Any]
     ) -> dict[str, Any]:
         """Resources and prompts: listed when some read or get on their server could be permitted."""
-        key, field, action = _LISTS[request.method]
+        key, field = LIST_ITEMS[request.method]
+        action = _LIST_ACTIONS[request.method]
         items = result.get(key)
         if not isinstance(items, list):
             return result
-        catalog = self.engine.catalog
+        catalog, endpoint_server = self.engine.catalog, request.endpoint.server
         kept = []
         for item in items:
-            server = request.endpoint.server
-            if server is None:
-                name = str(item.get(field, ""))
-                if key == "prompts":
-                    resolved = catalog.resolve_prompt(name)
-                    server = resolved[0] if resolved else None
-                else:
-                    split = split_uri(name)
-                    server = split[0] if split else None
-            if server is not None and self.engine.visible(who, action, server, via_codemode=via_codemode):
+            owner = catalog.owner(key, str(item.get(field, "")), endpoint_server)
+            if owner is not None and self.engine.visible(who, action, owner[0], via_codemode=via_codemode):
                 kept.append(item)
         return {**result, key: kept}
 
@@ -241,18 +233,13 @@ class PolicyStage:
         tools = result.get("tools")
         if not isinstance(tools, list):
             return result
-        catalog = self.engine.catalog
-        server_of_endpoint = request.endpoint.server
+        catalog, endpoint_server = self.engine.catalog, request.endpoint.server
         kept = []
         for tool in tools:
-            name = tool.get("name", "")
-            if server_of_endpoint is not None:
-                server, upstream = server_of_endpoint, name
-            else:
-                resolved = catalog.resolve_tool(name)
-                if resolved is None:
-                    continue
-                server, upstream = resolved
+            owner = catalog.owner("tools", tool.get("name", ""), endpoint_server)
+            if owner is None:
+                continue
+            server, upstream = owner
             action = self.engine.tool_action(server, upstream)
             if action is not None and self.engine.visible(who, action, server, via_codemode=via_codemode):
                 kept.append(tool)
