@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 import httpx2
 import orjson
+import sqlalchemy
 import uvicorn
 from gateway_upstreams import build_upstream
 from mcp import Client, types
@@ -46,6 +47,7 @@ from starlette.applications import Starlette
 from uvicorn_control import crash, stop
 
 from portal.app import Portal, create_app
+from portal.audit.chain import RECORDS
 from portal.auth.service import AuthService
 from portal.policy.testing import PERMIT_ALL, write_policies
 from portal.settings import ServerConfig, Settings
@@ -283,6 +285,21 @@ class PortalUnderTest:
         """An httpx2 client that sends `bearer(server, token)` on every request, for
         `Client(streamable_http_client(url, http_client=...))`; the caller enters and closes it."""
         return create_mcp_http_client(headers=self.bearer(server, token))
+
+    async def audit_records(self, **where: Any) -> list[dict[str, Any]]:
+        """This portal's audit records matching `where` (column = value), oldest first, once all is stored."""
+        log = self.portal.audit
+        assert log is not None, "this portal records nothing ([audit] enabled = false)"
+        await log.drained()
+
+        def read() -> list[dict[str, Any]]:
+            query = sqlalchemy.select(RECORDS).order_by(RECORDS.c.seq)
+            for name, value in where.items():
+                query = query.where(RECORDS.c[name] == value)
+            with log.engine.connect() as connection:
+                return [dict(row._asdict()) for row in connection.execute(query)]
+
+        return await asyncio.to_thread(read)
 
     async def wait_ready(self, timeout: float = 15.0) -> None:
         await self.portal.servers.wait_ready(timeout)

@@ -14,12 +14,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import sqlalchemy
 from gateway_support import MODERN_HEADERS, Launcher, PortalUnderTest, client, eventually, modern_body, text_of
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from portal.audit.chain import RECORDS
 from portal.audit.log import AuditLog
 from portal.settings import ServerConfig
 
@@ -70,18 +68,7 @@ def audit_of(p: PortalUnderTest) -> AuditLog:
 
 
 async def records(p: PortalUnderTest, **where: Any) -> list[dict[str, Any]]:
-    """The records matching `where` (column = value), oldest first, once everything queued is stored."""
-    log = audit_of(p)
-    await log.drained()
-
-    def read() -> list[dict[str, Any]]:
-        query = sqlalchemy.select(RECORDS).order_by(RECORDS.c.seq)
-        for name, value in where.items():
-            query = query.where(RECORDS.c[name] == value)
-        with log.engine.connect() as connection:
-            return [dict(row._asdict()) for row in connection.execute(query)]
-
-    return await asyncio.to_thread(read)
+    return await p.audit_records(**where)
 
 
 async def call_records(p: PortalUnderTest, request_id: str, count: int = 2) -> list[dict[str, Any]]:

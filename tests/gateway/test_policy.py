@@ -7,17 +7,14 @@ group), carol (group ops). Every token carries `tools:*`, so what differs betwee
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-import sqlalchemy
 from gateway_support import MODERN_HEADERS, Launcher, PortalUnderTest, client, eventually, modern_body, text_of
 
-from portal.audit.chain import RECORDS
 from portal.settings import ServerConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -96,16 +93,7 @@ async def call(
 
 
 async def end_record(p: PortalUnderTest, request_id: str) -> dict[str, Any]:
-    log = p.portal.audit
-    assert log is not None
-    await log.drained()
-
-    def read() -> list[dict[str, Any]]:
-        query = sqlalchemy.select(RECORDS).where(RECORDS.c.request_id == request_id, RECORDS.c.phase == "end")
-        with log.engine.connect() as connection:
-            return [dict(row._asdict()) for row in connection.execute(query)]
-
-    (record,) = await asyncio.to_thread(read)
+    (record,) = await p.audit_records(request_id=request_id, phase="end")
     return record
 
 
@@ -220,16 +208,7 @@ async def api(p: PortalUnderTest, method: str, path: str, scopes: tuple[str, ...
 
 
 async def admin_records(p: PortalUnderTest, action: str) -> list[dict[str, Any]]:
-    log = p.portal.audit
-    assert log is not None
-    await log.drained()
-
-    def read() -> list[dict[str, Any]]:
-        query = sqlalchemy.select(RECORDS).where(RECORDS.c.kind == "admin", RECORDS.c.method == action)
-        with log.engine.connect() as connection:
-            return [dict(row._asdict()) for row in connection.execute(query.order_by(RECORDS.c.seq))]
-
-    return await asyncio.to_thread(read)
+    return await p.audit_records(kind="admin", method=action)
 
 
 async def test_the_admin_api_shows_explains_and_reloads_the_set(world: PortalUnderTest) -> None:
